@@ -1,0 +1,281 @@
+"""Typed configuration: `config.toml`, then `CARTRIDGE_<SECTION>_<KEY>` environment
+variables, then command-line overrides, validated in one place.
+
+Every field is documented where it is declared; a wrong key or value stops a service at
+start-up with a `ConfigError` naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+from msgspec import Meta
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+# Table and schema names end up in SQL text, so they are held to a strict pattern.
+Identifier = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+ENV_PREFIX = "CARTRIDGE_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is not what was expected."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class CommonConfig(_Section):
+    env_id: str = "connect4"
+    """Which game is played and learned (`connect4`, `tictactoe`)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logging threshold for every service."""
+
+
+class NetworkConfig(_Section):
+    blocks: PositiveInt = 4
+    """Residual blocks in the policy-value tower."""
+    channels: PositiveInt = 64
+    """Convolution channels in every block."""
+
+
+class MCTSConfig(_Section):
+    num_simulations: PositiveInt = 200
+    """Simulations (network evaluations) per move."""
+    c_puct: PositiveFloat = 1.5
+    """Exploration constant of the PUCT rule."""
+    dirichlet_alpha: PositiveFloat = 1.0
+    """Concentration of the Dirichlet noise mixed into the root priors."""
+    dirichlet_epsilon: Probability = 0.25
+    """Weight of that noise (0 disables it)."""
+    temperature: Annotated[float, Meta(ge=0)] = 1.0
+    """Move-selection temperature for the first `temp_threshold` plies."""
+    temp_threshold: NonNegInt = 15
+    """Plies played at `temperature`; after it moves are (near-)greedy."""
+    final_temperature: Annotated[float, Meta(ge=0)] = 0.0
+    """Temperature after `temp_threshold` (0 = most visited move)."""
+    tree_reuse: bool = True
+    """Keep the subtree of the move played as the next search's root."""
+    resign_enabled: bool = False
+    """Let a side resign when its root value falls below `resign_threshold`."""
+    resign_threshold: Annotated[float, Meta(ge=-1, le=0)] = -0.95
+    """Root value (side to move's view) under which it resigns."""
+    fpu_reduction: Annotated[float, Meta(ge=0)] = 0.25
+    """First-play urgency: unvisited children start at the parent's value minus this."""
+
+
+class ActorConfig(_Section):
+    actor_id: str = ""
+    """Unique actor name; empty means `<hostname>-<pid>`."""
+    max_episodes: int = -1
+    """Games to finish before exiting; -1 runs forever."""
+    parallel_games: PositiveInt = 256
+    """Games searched together, one batched network call per simulation step."""
+    games_per_message: PositiveInt = 1
+    """Finished games gathered into one transition message."""
+    max_unconfirmed: PositiveInt = 256
+    """Publishes awaiting broker confirmation before self-play waits."""
+    onnx_threads: PositiveInt = 1
+    """onnxruntime intra-op threads (one per process wins when processes share cores)."""
+
+
+class TrainingConfig(_Section):
+    steps_per_iteration: PositiveInt = 1000
+    """Optimizer steps per cycle; each cycle ends by publishing a model."""
+    batch_size: PositiveInt = 256
+    """Positions per optimizer step."""
+    learning_rate: PositiveFloat = 1e-3
+    """Adam learning rate."""
+    weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
+    """L2 penalty on the weights."""
+    min_transitions: PositiveInt = 5000
+    """Positions the replay buffer must hold before training starts."""
+    window_size: PositiveInt = 200_000
+    """Newest positions sampled from (the replay window)."""
+    checkpoint_every: PositiveInt = 1
+    """Cycles between checkpoints (weights, optimizer, step, data cursor)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Torch device; `auto` picks CUDA when present."""
+    threads: PositiveInt = 1
+    """Torch intra-op threads."""
+
+
+class StorageConfig(_Section):
+    replay_backend: Literal["postgres", "sqlite"] = "postgres"
+    """Where transitions are stored."""
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/cartridge"
+    """Replay database (created if missing)."""
+    replay_table: Identifier = "transitions"
+    """Table holding transitions."""
+    sqlite_path: str = "runs/replay.sqlite"
+    """Replay file for the `sqlite` back end."""
+    model_store: Literal["s3", "local"] = "s3"
+    """Where model versions and checkpoints are kept."""
+    s3_endpoint_url: str = "http://127.0.0.1:9000"
+    """S3-compatible endpoint (MinIO, Ceph, AWS); empty means AWS default."""
+    s3_bucket: str = "cartridge"
+    """Bucket for models and checkpoints (created if missing)."""
+    s3_region: str = "us-east-1"
+    """Region sent to the endpoint."""
+    s3_access_key: str = "minioadmin"
+    """Access key; set through the environment in deployments."""
+    s3_secret_key: str = "minioadmin"
+    """Secret key; set through the environment in deployments."""
+    local_model_dir: str = "runs/models"
+    """Directory for the `local` model store."""
+    max_model_bytes: PositiveInt = 64 * 1024 * 1024
+    """Largest model file an actor will download."""
+
+
+class BrokerConfig(_Section):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """AMQP URL of RabbitMQ."""
+    transitions_queue: str = "cartridge.transitions"
+    """Durable queue of transition batches."""
+    dead_letter_exchange: str = "cartridge.dead"
+    """Exchange receiving rejected transition messages."""
+    dead_letter_queue: str = "cartridge.transitions.dead"
+    """Queue keeping rejected messages for inspection."""
+    models_exchange: str = "cartridge.models"
+    """Fanout exchange for model-published and reload events."""
+    max_message_bytes: PositiveInt = 4 * 1024 * 1024
+    """Largest transition message accepted."""
+    connect_attempts: PositiveInt = 30
+    """Start-up connection attempts (with backoff) before giving up."""
+
+
+class IngestConfig(_Section):
+    prefetch: PositiveInt = 512
+    """Unacknowledged messages the broker may hand to ingest at once."""
+    flush_rows: PositiveInt = 10_000
+    """Rows gathered before a COPY."""
+    flush_ms: PositiveInt = 250
+    """Longest wait before a partial flush."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    common: CommonConfig = CommonConfig()
+    network: NetworkConfig = NetworkConfig()
+    mcts: MCTSConfig = MCTSConfig()
+    actor: ActorConfig = ActorConfig()
+    training: TrainingConfig = TrainingConfig()
+    storage: StorageConfig = StorageConfig()
+    broker: BrokerConfig = BrokerConfig()
+    ingest: IngestConfig = IngestConfig()
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """`CARTRIDGE_STORAGE_POSTGRES_URL=...` -> {"storage": {"postgres_url": "..."}}.
+
+    Variables whose section is not a config section (e.g. `CARTRIDGE_TEST_S3_URL`) are
+    not configuration and are left alone; an unknown key in a known section is an error.
+    """
+    sections = _sections()
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in sections:
+            continue
+        if key not in {f.name for f in msgspec.structs.fields(sections[section])}:
+            raise ConfigError(f"{name}: [{section}] has no key {key!r}")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def parse_override(item: str) -> tuple[str, str, str]:
+    """`section.key=value` (the form of `--set`) -> (section, key, value)."""
+    path, sep, value = item.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    return section, key, value
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read `path` (default: the repo's config.toml if present), apply environment and
+    explicit overrides (e.g. from command-line flags), validate, return a `Config`."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get("CARTRIDGE_CONFIG") or (
+            DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+        )
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+
+    sections = _sections()
+    strings: dict[str, dict[str, Any]] = {}  # values that came as text and may need coercion
+    for layer in (_env_overrides(environ), overrides or {}):
+        for section, values in layer.items():
+            if section not in sections:
+                raise ConfigError(f"unknown config section [{section}]")
+            for key, value in values.items():
+                raw.setdefault(section, {})[key] = value
+                strings.setdefault(section, {})[key] = value
+
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(
+                f"unknown config section [{section}]; expected one of {sorted(sections)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        known = {f.name for f in msgspec.structs.fields(sections[section])}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"[{section}] has no key {key!r}; known keys: {sorted(known)}")
+
+    built = {}
+    for section, values in raw.items():
+        typ = sections[section]
+        try:
+            # strict=False lets "200" from the environment become 200, "true" become True.
+            built[section] = msgspec.convert(values, typ, strict=not strings.get(section))
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"[{section}] {_describe(exc)}") from None
+    return Config(**built)
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says e.g. "Expected `int` >= 1, got `0` - at `$.num_simulations`";
+    # put the key first so the message names what is wrong.
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `$.")
+    if sep:
+        return f"{where.rstrip('`')}: {message}"
+    return text
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, at, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -1,0 +1,149 @@
+"""What crosses process boundaries, typed.
+
+- Transition batches (actor -> broker -> ingest) are msgpack: one stacked array per
+  field, carried as dtype + shape + raw bytes, so decoding is `np.frombuffer`.
+- Control events (trainer or a person -> every actor) are JSON, so a person can type
+  one into the RabbitMQ management UI.
+Every message carries `schema_version`; a reader rejects versions it does not know.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+import msgspec
+import numpy as np
+
+TRANSITIONS_SCHEMA_VERSION = 1
+EVENTS_SCHEMA_VERSION = 1
+
+
+class MessageError(ValueError):
+    """A message that cannot be accepted; the text says what is wrong with it."""
+
+
+class Array(msgspec.Struct, frozen=True):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> "Array":
+        a = np.ascontiguousarray(a)
+        return cls(a.dtype.str, list(a.shape), a.tobytes())
+
+    def numpy(self, field: str = "array") -> np.ndarray:
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise MessageError(f"{field}: unknown dtype {self.dtype!r}") from None
+        if dtype.hasobject:
+            raise MessageError(f"{field}: object dtype is not allowed")
+        if any(d < 0 for d in self.shape):
+            raise MessageError(f"{field}: negative dimension in shape {self.shape}")
+        expected = int(np.prod(self.shape, dtype=np.int64)) * dtype.itemsize
+        if expected != len(self.data):
+            raise MessageError(
+                f"{field}: shape {self.shape} of {dtype} needs {expected} bytes, got {len(self.data)}"
+            )
+        return np.frombuffer(self.data, dtype=dtype).reshape(self.shape)
+
+
+class TransitionBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """Positions of one or more finished games, one row per position."""
+
+    schema_version: int = TRANSITIONS_SCHEMA_VERSION
+    batch_id: str
+    """Unique per message; republishing the same message keeps it (exactly-once key)."""
+    env_id: str
+    actor_id: str
+    created_at: float
+    game_id: Array  # uint8 [n, 16]: the game's uuid bytes
+    ply: Array  # int16 [n]
+    model_version: Array  # int32 [n]: the model that chose the move (0 = uniform)
+    observation: Array  # uint8 [n, 2, H, W]
+    legal_mask: Array  # bool [n, A]
+    policy: Array  # float32 [n, A]: MCTS visit distribution
+    value: Array  # float32 [n]: final outcome from the side to move's view
+
+    @property
+    def rows(self) -> int:
+        return self.ply.shape[0] if self.ply.shape else 0
+
+
+_transition_encoder = msgspec.msgpack.Encoder()
+_transition_decoder = msgspec.msgpack.Decoder(TransitionBatch)
+
+
+def encode_transitions(batch: TransitionBatch) -> bytes:
+    return _transition_encoder.encode(batch)
+
+
+def decode_transitions(body: bytes) -> TransitionBatch:
+    """Bytes -> `TransitionBatch`, or `MessageError` saying why not (structure only;
+    the contents are checked by `shared.transitions.validate`)."""
+    try:
+        batch = _transition_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"not a transition batch: {exc}") from None
+    if batch.schema_version != TRANSITIONS_SCHEMA_VERSION:
+        raise MessageError(
+            f"unknown transitions schema_version {batch.schema_version} "
+            f"(this reader knows {TRANSITIONS_SCHEMA_VERSION})"
+        )
+    return batch
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+# -- control events -------------------------------------------------------------------
+
+
+class ModelPublished(msgspec.Struct, frozen=True, kw_only=True, tag="model_published", tag_field="type"):
+    """The trainer stored a new model version; every actor should switch to it now."""
+
+    schema_version: int = EVENTS_SCHEMA_VERSION
+    env_id: str
+    version: int
+    key: str
+    sha256: str
+    size: int
+    step: int = 0
+    published_at: float = msgspec.field(default_factory=time.time)
+
+
+class ReloadRequest(msgspec.Struct, frozen=True, kw_only=True, tag="reload", tag_field="type"):
+    """A person asks every actor to (re)load a model: `version` for that exact version
+    (rollback), or null for the newest one."""
+
+    schema_version: int = EVENTS_SCHEMA_VERSION
+    env_id: str | None = None
+    version: int | None = None
+    published_at: float = msgspec.field(default_factory=time.time)
+
+
+ControlEvent = ModelPublished | ReloadRequest
+EventType = Literal["model_published", "reload"]
+
+_event_decoder = msgspec.json.Decoder(ControlEvent)
+
+
+def encode_event(event: ControlEvent) -> bytes:
+    return msgspec.json.encode(event)
+
+
+def decode_event(body: bytes) -> ControlEvent:
+    try:
+        event = _event_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"not a control event: {exc}") from None
+    if event.schema_version != EVENTS_SCHEMA_VERSION:
+        raise MessageError(
+            f"unknown event schema_version {event.schema_version} "
+            f"(this reader knows {EVENTS_SCHEMA_VERSION})"
+        )
+    return event
