@@ -1,0 +1,102 @@
+"""Self-play throughput against the raw speed of the network it calls.
+
+Connect4, the default 4x64 network with random weights, one process, one onnxruntime
+thread. In one run it measures raw onnxruntime evaluations/s at the search's batch size
+(before and after the self-play phase, averaged, so machine noise hits both alike), then
+self-play simulations/s. `ratio = sims_per_s / raw_evals_per_s`: 1.0 would mean tree
+search costs nothing on top of the network. Last line: a JSON object.
+
+    python bench/selfplay.py [--games 256] [--seconds 60] [--sims 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.actor.selfplay import SelfPlay  # noqa: E402
+from services.trainer.export import export_onnx  # noqa: E402
+from services.trainer.network import build_network  # noqa: E402
+from shared.config import MCTSConfig, NetworkConfig  # noqa: E402
+from shared.games import get_game  # noqa: E402
+from shared.inference import OnnxEvaluator  # noqa: E402
+
+
+def raw_evals_per_s(evaluator, obs: np.ndarray, seconds: float) -> float:
+    evaluator(obs)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        evaluator(obs)
+        n += len(obs)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--games", type=int, default=256, help="games searched together")
+    parser.add_argument("--seconds", type=float, default=60, help="self-play duration")
+    parser.add_argument("--sims", type=int, default=200, help="simulations per move")
+    parser.add_argument("--raw-seconds", type=float, default=10, help="each raw-ORT phase")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    game = get_game("connect4")
+    net = build_network(game, NetworkConfig())
+    evaluator = OnnxEvaluator.from_bytes(export_onnx(net), game, version=1, threads=1)
+    config = MCTSConfig(num_simulations=args.sims)
+
+    # Realistic inputs for the raw phase: positions from a few random plies.
+    rng = np.random.default_rng(0)
+    boards = game.initial_boards(args.games)
+    for _ in range(8):
+        legal = game.legal_mask(boards)
+        boards, _, _ = game.play(boards, (rng.random(legal.shape) * legal).argmax(axis=1))
+    obs = game.observe(boards)
+
+    raw_before = raw_evals_per_s(evaluator, obs, args.raw_seconds)
+    selfplay = SelfPlay(game, config, evaluator, num_games=args.games, seed=0)
+    for _ in range(5):  # warm-up
+        selfplay.step()
+    s0, p0, g0 = selfplay.stats.simulations, selfplay.stats.positions, selfplay.stats.games
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < args.seconds:
+        selfplay.step()
+        steps += 1
+    elapsed = time.perf_counter() - start
+    raw_after = raw_evals_per_s(evaluator, obs, args.raw_seconds)
+
+    sims = selfplay.stats.simulations - s0
+    raw = (raw_before + raw_after) / 2
+    result = {
+        "games_in_parallel": args.games,
+        "num_simulations": args.sims,
+        "seconds": round(elapsed, 1),
+        "steps": steps,
+        "games_finished": selfplay.stats.games - g0,
+        "positions_per_s": round((selfplay.stats.positions - p0) / elapsed, 1),
+        "sims_per_s": round(sims / elapsed, 1),
+        "raw_evals_per_s": round(raw, 1),
+        "raw_evals_per_s_before": round(raw_before, 1),
+        "raw_evals_per_s_after": round(raw_after, 1),
+        "ratio": round(sims / elapsed / raw, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(f"self-play: {result['positions_per_s']} positions/s, {result['sims_per_s']} sims/s "
+          f"over {steps} steps; raw onnxruntime at batch {args.games}: {result['raw_evals_per_s']} evals/s")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The `cartridge` command: one entry point for every service and tool."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "actor": ("services.actor.__main__", "run self-play and publish games (RabbitMQ)"),
+    "ingest": ("services.ingest.__main__", "store published games in PostgreSQL"),
+    "trainer": ("services.trainer.__main__", "train from the replay buffer, publish models"),
+    "reload": ("cartridge.reload", "ask every actor to load a model version now"),
+    "analyze": ("cartridge.analyze", "print a model's move choices for positions"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        print("usage: cartridge COMMAND [options]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        print("\n`cartridge COMMAND --help` for a command's options.")
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
