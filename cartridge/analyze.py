@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config import MCTSConfig, load_config, parse_override
+from shared.config import MCTSConfig, load_config, parse_overrides
 from shared.games import Game, IllegalMove, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
 from shared.search.mcts import BatchedMCTS, masked_softmax
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sims < 0:
         parser.error("--sims must be 0 or more")
-    overrides: dict = {}
-    for item in args.set:
-        section, key, value = parse_override(item)
-        overrides.setdefault(section, {})[key] = value
-    config = load_config(args.config, overrides=overrides)
+    config = load_config(args.config, overrides=parse_overrides(args.set))
     game = get_game(config.common.env_id)
     try:
         evaluator: Evaluator = (

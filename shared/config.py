@@ -206,6 +206,15 @@ def parse_override(item: str) -> tuple[str, str, str]:
     return section, key, value
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """Several `section.key=value` items -> the `overrides` mapping of `load_config`."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        section, key, value = parse_override(item)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
 def load_config(
     path: str | Path | None = None,
     *,

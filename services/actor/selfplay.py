@@ -90,14 +90,15 @@ class SelfPlay:
     def step(self) -> list[FinishedGame]:
         """One simulation in every running game; then every game whose search is
         complete plays its move. Returns the games that ended."""
-        ran = self.search.simulate(self.evaluator)
+        evaluator = self.evaluator  # one model for the whole step, even if swapped meanwhile
+        ran = self.search.simulate(evaluator)
         self.stats.simulations += ran
         ready = np.flatnonzero(self.search.done())
         if not len(ready):
             return []
-        return self._play(ready)
+        return self._play(ready, evaluator.version)
 
-    def _play(self, slots: np.ndarray) -> list[FinishedGame]:
+    def _play(self, slots: np.ndarray, version: int) -> list[FinishedGame]:
         cfg, game = self.config, self.game
         ply = self._ply[slots]
         policy = self.search.visit_policy(slots)
@@ -105,7 +106,7 @@ class SelfPlay:
         self._obs[slots, ply] = game.observe(boards)
         self._legal[slots, ply] = game.legal_mask(boards)
         self._policy[slots, ply] = policy
-        self._version[slots, ply] = self.evaluator.version
+        self._version[slots, ply] = version
 
         temperature = np.where(ply < cfg.temp_threshold, cfg.temperature, cfg.final_temperature)
         actions = choose_actions(policy, temperature, self.rng)
@@ -131,10 +132,10 @@ class SelfPlay:
 
         going, going_actions = slots[~ended], actions[~ended]
         # Reuse a subtree only if the model playing now built it.
-        reuse = cfg.tree_reuse & (self._tree_version[going] == self.evaluator.version)
+        reuse = cfg.tree_reuse & (self._tree_version[going] == version)
         self.search.advance(going[reuse], going_actions[reuse], self._boards[going[reuse]], reuse=True)
         fresh = going[~reuse]
-        self._tree_version[fresh] = self.evaluator.version
+        self._tree_version[fresh] = version
         self.search.start(fresh, self._boards[fresh])
         if ended.any():
             self._new_games(slots[ended])

@@ -41,6 +41,9 @@ class Game(Protocol):
     def observe(self, boards: np.ndarray) -> np.ndarray:
         """Network input `uint8[n, 2, H, W]`: planes for "my stones" and "their stones"."""
 
+    def mirror_actions(self) -> np.ndarray:
+        """Action permutation matching `observation[..., ::-1]` (left-right mirror)."""
+
     def parse_moves(self, text: str) -> list[int]:
         """Move-string notation (e.g. `4453`) to action indices; `IllegalMove` if malformed."""
 

@@ -73,6 +73,13 @@ class ConnectGame:
     def observe(self, boards: np.ndarray) -> np.ndarray:
         return np.stack([boards == 1, boards == -1], axis=1).view(np.uint8)
 
+    def mirror_actions(self) -> np.ndarray:
+        """Permutation of actions under a left-right mirror (a symmetry of both games):
+        `policy[:, perm]` is the mirrored position's policy."""
+        if self.gravity:
+            return np.arange(self.cols)[::-1].copy()
+        return np.arange(self.num_actions).reshape(self.rows, self.cols)[:, ::-1].ravel().copy()
+
     # -- notation ----------------------------------------------------------------------
     def parse_moves(self, text: str) -> list[int]:
         text = text.strip()

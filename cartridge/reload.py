@@ -1,0 +1,42 @@
+"""`cartridge reload [--version N]`: ask every actor to load a model now.
+
+Publishes a `reload` control event on the models exchange; each actor receives it on its
+own queue. Without `--version` actors load the newest model; with it, exactly that
+version (a rollback). The same JSON body can be published by hand from the RabbitMQ
+management UI (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import aio_pika
+
+from shared.broker import CONTENT_TYPE_JSON, connect, declare_topology
+from shared.config import Config, load_config, parse_overrides
+from shared.messages import ReloadRequest, encode_event
+
+
+async def publish_reload(config: Config, version: int | None) -> ReloadRequest:
+    event = ReloadRequest(env_id=config.common.env_id, version=version)
+    connection = await connect(config.broker, name="cartridge reload")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        topology = await declare_topology(channel, config.broker)
+        await topology.models_exchange.publish(
+            aio_pika.Message(encode_event(event), content_type=CONTENT_TYPE_JSON), routing_key=""
+        )
+    return event
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cartridge reload", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", type=int, help="model version to load (default: the newest)")
+    parser.add_argument("--config", help="config file (default: config.toml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, overrides=parse_overrides(args.set))
+    event = asyncio.run(publish_reload(config, args.version))
+    print(f"published {encode_event(event).decode()} to exchange {config.broker.models_exchange!r}")
+    return 0

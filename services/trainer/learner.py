@@ -1,0 +1,63 @@
+"""One training step, read top to bottom, and the checkpoint that lets training resume."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.trainer.network import PolicyValueNet
+
+
+@dataclass
+class StepLosses:
+    policy: float
+    value: float
+    total: float
+
+
+def train_step(
+    model: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: tuple[np.ndarray, np.ndarray, np.ndarray],
+    device: torch.device,
+) -> StepLosses:
+    obs, policy_target, value_target = (torch.from_numpy(a).to(device) for a in batch)
+    model.train()
+    logits, value = model(obs)
+    # Cross-entropy against the search's visit distribution; squared error against the
+    # game's outcome. Weight decay is the optimizer's.
+    policy_loss = -(policy_target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    value_loss = F.mse_loss(value, value_target)
+    loss = policy_loss + value_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return StepLosses(policy_loss.item(), value_loss.item(), loss.item())
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue exactly where training stopped."""
+
+    model: dict
+    optimizer: dict
+    step: int
+    version: int  # the model version published with these weights
+    data_cursor: int  # replay id up to which the window had loaded
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {"model": self.model, "optimizer": self.optimizer, "step": self.step,
+             "version": self.version, "data_cursor": self.data_cursor},
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Checkpoint":
+        # weights_only: a checkpoint is data, never code to run.
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return cls(**state)

@@ -1,0 +1,69 @@
+"""The replay window: the newest `window_size` positions, held in memory.
+
+Loaded once, then extended with only the rows added since (`id > last_id`), so a
+training step's cost does not grow with the table. Sampling is uniform over the window,
+with a random left-right mirror per sample (both games are symmetric that way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.games import Game
+from shared.transitions import Transitions
+
+FETCH_CHUNK = 50_000
+
+
+class ReplayWindow:
+    def __init__(self, game: Game, size: int):
+        self.game, self.size = game, size
+        a = game.num_actions
+        self.observation = np.zeros((size, *game.obs_shape), np.uint8)
+        self.policy = np.zeros((size, a), np.float32)
+        self.value = np.zeros(size, np.float32)
+        self.filled = 0  # rows held (<= size)
+        self.write = 0  # ring position of the next row
+        self.last_id = 0  # replay cursor: newest row id loaded
+        self.total_loaded = 0
+        self._mirror = game.mirror_actions()
+
+    async def refresh(self, replay) -> int:
+        """Load rows newer than the cursor; the first call loads the newest window."""
+        env_id, added = self.game.env_id, 0
+        if self.last_id == 0 and self.filled == 0:
+            self.last_id, rows = await replay.fetch_newest(env_id, self.size)
+            self._append(rows)
+            added += len(rows)
+        while True:
+            last_id, rows = await replay.fetch_since(env_id, self.last_id, FETCH_CHUNK)
+            if not len(rows):
+                return added
+            self.last_id = last_id
+            self._append(rows)
+            added += len(rows)
+
+    def _append(self, rows: Transitions) -> None:
+        n = len(rows)
+        if n == 0:
+            return
+        if n >= self.size:  # only the newest rows fit
+            rows = Transitions(**{k: v[-self.size:] for k, v in rows.__dict__.items()})
+            n = self.size
+        idx = (self.write + np.arange(n)) % self.size
+        self.observation[idx] = rows.observation
+        self.policy[idx] = rows.policy
+        self.value[idx] = rows.value
+        self.write = int((self.write + n) % self.size)
+        self.filled = min(self.filled + n, self.size)
+        self.total_loaded += n
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(observation float32[b, 2, H, W], policy [b, A], value [b])`, uniformly drawn."""
+        idx = rng.integers(0, self.filled, size=batch_size)
+        obs = self.observation[idx].astype(np.float32)
+        policy = self.policy[idx]
+        flip = rng.random(batch_size) < 0.5
+        obs[flip] = obs[flip][..., ::-1]
+        policy[flip] = policy[flip][:, self._mirror]
+        return obs, policy, self.value[idx]
