@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -266,18 +267,27 @@ def load_config(
             # strict=False lets "200" from the environment become 200, "true" become True.
             built[section] = msgspec.convert(values, typ, strict=not strings.get(section))
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"[{section}] {_describe(exc)}") from None
-    return Config(**built)
+            raise ConfigError(f"[{section}] {_describe(exc, typ)}") from None
+    config = Config(**built)
+    from shared.games import GAMES  # here, not at import: games need no config
+
+    if config.common.env_id not in GAMES:
+        raise ConfigError(f"[common] env_id: unknown game {config.common.env_id!r}; expected one of {sorted(GAMES)}")
+    return config
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
+def _describe(exc: msgspec.ValidationError, section: type) -> str:
     # msgspec says e.g. "Expected `int` >= 1, got `0` - at `$.num_simulations`";
     # put the key first so the message names what is wrong.
     text = str(exc)
     message, sep, where = text.rpartition(" - at `$.")
-    if sep:
-        return f"{where.rstrip('`')}: {message}"
-    return text
+    if not sep:
+        return text
+    key = where.rstrip("`")
+    hint = typing.get_type_hints(section).get(key)
+    if typing.get_origin(hint) is Literal:
+        message += f"; expected one of {list(typing.get_args(hint))}"
+    return f"{key}: {message}"
 
 
 def mask_url(url: str) -> str:

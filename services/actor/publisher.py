@@ -1,0 +1,90 @@
+"""Publishing finished games to RabbitMQ without losing or blocking on any of them.
+
+Each message is persistent and confirmed by the broker. Up to `max_unconfirmed`
+publishes are in flight; beyond that `publish` waits, so self-play slows down instead of
+memory growing while the broker is away. A publish that fails (connection lost,
+channel closed) is retried with backoff under the same `batch_id`; a broker that got it
+before failing will hand ingest a duplicate, which ingest's batch ledger drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+
+from shared.broker import CONTENT_TYPE_MSGPACK
+from shared.messages import TransitionBatch, encode_transitions
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class GamePublisher:
+    def __init__(self, channel_factory, queue_name: str, max_unconfirmed: int):
+        """`channel_factory()` returns a confirming channel (re-created after failures)."""
+        self._channel_factory = channel_factory
+        self._queue_name = queue_name
+        self._slots = asyncio.Semaphore(max_unconfirmed)
+        self._pending: set[asyncio.Task] = set()
+        self.confirmed_batches = 0
+        self.confirmed_rows = 0
+        self.retries = 0
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._pending)
+
+    async def publish(self, batch: TransitionBatch) -> None:
+        """Start publishing `batch`; returns once it is in flight (waits while the
+        unconfirmed backlog is full)."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._publish_until_confirmed(batch), name=f"publish {batch.batch_id}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _publish_until_confirmed(self, batch: TransitionBatch) -> None:
+        body = encode_transitions(batch)
+        attempt = 0
+        try:
+            while True:
+                try:
+                    channel = await self._channel_factory()
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            content_type=CONTENT_TYPE_MSGPACK,
+                            message_id=batch.batch_id,
+                            app_id=batch.actor_id,
+                        ),
+                        routing_key=self._queue_name,
+                    )
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # connection lost, channel closed, nack: try again
+                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                    attempt += 1
+                    self.retries += 1
+                    log.warning("publish of batch %s failed (%s: %s); retry %d in %.2fs",
+                                batch.batch_id, type(exc).__name__, exc, attempt, delay)
+                    await asyncio.sleep(delay)
+            self.confirmed_batches += 1
+            self.confirmed_rows += batch.rows
+        finally:
+            self._slots.release()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything in flight is confirmed; False if `timeout` ran out
+        first (what was still unconfirmed is then cancelled and logged)."""
+        if not self._pending:
+            return True
+        done, pending = await asyncio.wait(set(self._pending), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.error("%d batches were still unconfirmed at shutdown", len(pending))
+        return not pending

@@ -1,0 +1,92 @@
+"""Turning control events into the model an actor plays with.
+
+A model-published event or a reload request names a version (or "newest"); the model is
+downloaded, its sha256 checked, its onnxruntime session built in a worker thread, and
+only then swapped in. Anything wrong (unknown version, corrupt or foreign model, store
+down, malformed event) is logged and the current model stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from shared.config import Config
+from shared.games import Game
+from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
+from shared.messages import MessageError, ModelPublished, ReloadRequest, decode_event
+from shared.model_store import ModelCorrupt, ModelNotFound, ModelStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ModelReloader:
+    def __init__(self, store: ModelStore, game: Game, config: Config, swap: Callable[[Evaluator], None]):
+        self.store, self.game, self.config = store, game, config
+        self._swap = swap
+        self.current: Evaluator = UniformEvaluator(game)
+        self.updates: list[tuple[int, float | None]] = []  # (version, ms since its event)
+        self.failures: list[str] = []  # why events could not be acted on
+        self.events_handled = 0
+
+    async def load_initial(self) -> None:
+        """Start with the newest stored model, or the uniform evaluator if none exists."""
+        info = await self.store.latest(self.game.env_id)
+        if info is None:
+            log.info("no model stored yet for %s: playing with the uniform evaluator", self.game.env_id)
+            return
+        await self._load(info.version, published_at=None, why="start-up")
+
+    async def handle(self, body: bytes) -> None:
+        """Act on one control event's raw body."""
+        try:
+            await self._handle(body)
+        finally:
+            self.events_handled += 1
+
+    async def _handle(self, body: bytes) -> None:
+        try:
+            event = decode_event(body)
+        except MessageError as exc:
+            self._fail(f"ignored control event: {exc}")
+            return
+        if event.env_id is not None and event.env_id != self.game.env_id:
+            log.debug("ignored event for %s (this actor plays %s)", event.env_id, self.game.env_id)
+            return
+        if isinstance(event, ModelPublished):
+            if event.version <= self.current.version:
+                log.debug("model %d published; already serving %d", event.version, self.current.version)
+                return
+            await self._load(event.version, event.published_at, why="model published")
+        elif isinstance(event, ReloadRequest):
+            await self._load(event.version, event.published_at, why="reload requested")
+
+    def _fail(self, message: str) -> None:
+        self.failures.append(message)
+        log.error("%s", message)
+
+    async def _load(self, version: int | None, published_at: float | None, why: str) -> None:
+        wanted = "newest" if version is None else str(version)
+        try:
+            info, data = await self.store.get_model(
+                self.game.env_id, version, max_bytes=self.config.storage.max_model_bytes
+            )
+            if info.version == self.current.version:
+                log.info("%s: already serving model %d", why, info.version)
+                return
+            # Building a session takes tens of milliseconds: keep it off the event loop.
+            evaluator = await asyncio.to_thread(
+                OnnxEvaluator.from_bytes, data, self.game,
+                version=info.version, threads=self.config.actor.onnx_threads,
+            )
+        except (ModelNotFound, ModelCorrupt, ModelError, StoreUnavailable) as exc:
+            self._fail(f"{why}: cannot load model {wanted} ({exc}); keeping model {self.current.version}")
+            return
+        self.current = evaluator
+        self._swap(evaluator)
+        latency_ms = 1000 * (time.time() - published_at) if published_at else None
+        self.updates.append((info.version, latency_ms))
+        since = f", {latency_ms:.0f} ms after the event" if latency_ms is not None else ""
+        log.info("Model updated to version %d (%s%s)", info.version, why, since)

@@ -1,0 +1,196 @@
+"""The trainer service: learn from the replay window, publish every cycle's model.
+
+Lifecycle: connect to the replay store, model store and broker; resume from the newest
+checkpoint (weights, optimizer, step, version, data cursor); wait until the replay holds
+`min_transitions`; then per cycle:
+  refresh the window -> `steps_per_iteration` steps (in a worker thread) -> export ONNX
+  -> upload it as the next version -> checkpoint -> publish a model-published event.
+Versions only go up: the next one is above both the checkpoint's and the store's newest,
+and a stored version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import time
+
+import aio_pika
+import numpy as np
+import torch
+
+from services.trainer.export import export_onnx
+from services.trainer.learner import Checkpoint, StepLosses, train_step
+from services.trainer.network import build_network
+from services.trainer.window import ReplayWindow
+from shared.broker import CONTENT_TYPE_JSON, connect, declare_topology
+from shared.config import Config
+from shared.games import get_game
+from shared.messages import ModelPublished, encode_event
+from shared.model_store import ModelInfo, StoreUnavailable, VersionExists, open_model_store
+from shared.replay import open_replay
+
+log = logging.getLogger(__name__)
+
+WAIT_FOR_DATA_S = 2.0  # how often to look at the replay size while below min_transitions
+REFRESH_EVERY_STEPS = 100  # pull new rows into the window this often within a cycle
+PUBLISH_RETRY_DELAYS = (0.5, 1, 2, 5, 10)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device = 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+class TrainerService:
+    def __init__(self, config: Config):
+        self.config = config
+        self.game = get_game(config.common.env_id)
+        self.device = pick_device(config.training.device)
+        torch.set_num_threads(config.training.threads)
+        self.model = build_network(self.game, config.network).to(self.device)
+        t = config.training
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.window = ReplayWindow(self.game, t.window_size)
+        self.rng = np.random.default_rng()
+        self.step = 0
+        self.version = 0
+        self.cycles_done = 0
+        self.last_losses: StepLosses | None = None
+
+    async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
+        """Train until `stop` is set, or for `cycles` cycles."""
+        stop = stop or asyncio.Event()
+        cfg = self.config
+        connection = await connect(cfg.broker, name="trainer")
+        async with connection, open_model_store(cfg.storage) as store, open_replay(cfg.storage, self.game) as replay:
+            channel = await connection.channel(publisher_confirms=True)
+            topology = await declare_topology(channel, cfg.broker)
+            await self._resume(store)
+            if not await self._wait_for_data(replay, stop):
+                return
+            while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
+                await self._cycle(replay, stop)
+                if stop.is_set() and self.step % cfg.training.steps_per_iteration:
+                    break  # interrupted mid-cycle: the last checkpoint stands
+                info = await self._publish(store, topology.models_exchange, stop)
+                if info is None:
+                    break
+                self.cycles_done += 1
+
+    async def _resume(self, store) -> None:
+        env_id = self.game.env_id
+        found = await store.latest_checkpoint(env_id)
+        if found is not None:
+            _, data = found
+            checkpoint = Checkpoint.from_bytes(data)
+            self.model.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.step, self.version = checkpoint.step, checkpoint.version
+            log.info("resumed from checkpoint: model %d, step %d", self.version, self.step)
+        latest = await store.latest(env_id)
+        if latest is not None and latest.version > self.version:
+            # A model was stored after the last checkpoint (e.g. a crash in between):
+            # never reuse its number.
+            log.info("store already has model %d; next version is %d", latest.version, latest.version + 1)
+            self.version = latest.version
+
+    async def _wait_for_data(self, replay, stop: asyncio.Event) -> bool:
+        needed = self.config.training.min_transitions
+        while not stop.is_set():
+            have = await replay.count(self.game.env_id)
+            if have >= needed:
+                return True
+            log.info("waiting for data: %d of %d positions in the replay buffer", have, needed)
+            try:
+                await asyncio.wait_for(stop.wait(), WAIT_FOR_DATA_S)
+            except TimeoutError:
+                pass
+        return False
+
+    async def _cycle(self, replay, stop: asyncio.Event) -> None:
+        t = self.config.training
+        start, start_step = time.monotonic(), self.step
+        end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
+        while self.step < end_step and not stop.is_set():
+            added = await self.window.refresh(replay)
+            chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
+            self.last_losses = await asyncio.to_thread(self._train, chunk)
+            log.debug("refreshed window (+%d rows), step %d", added, self.step)
+        elapsed = time.monotonic() - start
+        losses = self.last_losses
+        log.info(
+            "cycle done: step %d (%.1f steps/s), loss %.3f (policy %.3f, value %.3f), window %d rows",
+            self.step, (self.step - start_step) / max(elapsed, 1e-9),
+            losses.total if losses else float("nan"), losses.policy if losses else float("nan"),
+            losses.value if losses else float("nan"), self.window.filled,
+        )
+
+    def _train(self, steps: int) -> StepLosses:
+        losses = None
+        for _ in range(steps):
+            batch = self.window.sample(self.config.training.batch_size, self.rng)
+            losses = train_step(self.model, self.optimizer, batch, self.device)
+            self.step += 1
+        return losses
+
+    async def _put_model(self, store, version: int, onnx_bytes: bytes) -> ModelInfo:
+        try:
+            return await store.put_model(
+                self.game.env_id, version, onnx_bytes, step=self.step,
+                metadata={"blocks": str(self.config.network.blocks), "channels": str(self.config.network.channels)},
+            )
+        except VersionExists:
+            # An earlier attempt may have stored it before its reply was lost.
+            info = await store.get_info(self.game.env_id, version)
+            if info.sha256 != hashlib.sha256(onnx_bytes).hexdigest():
+                raise
+            return info
+
+    async def _retrying(self, call, stop: asyncio.Event):
+        """`await call()`, retried with backoff while the store is unavailable;
+        None if `stop` is set first."""
+        for attempt in itertools.count():
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                delay = PUBLISH_RETRY_DELAYS[min(attempt, len(PUBLISH_RETRY_DELAYS) - 1)]
+                log.warning("model store unavailable (%s); retrying in %ss", exc, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return None
+                except TimeoutError:
+                    pass
+
+    async def _publish(self, store, exchange, stop: asyncio.Event) -> ModelInfo | None:
+        """Export, upload, checkpoint, announce. Store outages are retried until `stop`."""
+        onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
+        version = self.version + 1
+        checkpoint = Checkpoint(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            step=self.step, version=version, data_cursor=self.window.last_id,
+        )
+        info = await self._retrying(lambda: self._put_model(store, version, onnx_bytes), stop)
+        if info is None:
+            return None
+        if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
+            data = await asyncio.to_thread(checkpoint.to_bytes)
+            if await self._retrying(lambda: store.put_checkpoint(self.game.env_id, version, data), stop) is None:
+                return None
+        self.version = version
+        event = ModelPublished(
+            env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
+            size=info.size, step=info.step,
+        )
+        await exchange.publish(
+            aio_pika.Message(encode_event(event), content_type=CONTENT_TYPE_JSON,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key="",
+        )
+        log.info("published model %d (step %d, %d bytes)", version, self.step, info.size)
+        return info

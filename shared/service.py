@@ -1,0 +1,82 @@
+"""What every service's `main` does: read config and flags, set up logging, run on uvloop
+until SIGTERM/SIGINT asks for a clean stop.
+
+A service is an `async def run(config, args, stop)`; `stop` is set by the first signal
+(a second one stops at once). A `ConfigError` exits with code 2 and names the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Awaitable, Callable
+
+import uvloop
+
+from shared.config import Config, ConfigError, load_config, parse_overrides
+
+log = logging.getLogger("cartridge")
+
+Service = Callable[[Config, argparse.Namespace, asyncio.Event], Awaitable[None]]
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="config file (default: config.toml, or $CARTRIDGE_CONFIG)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key (wins over the file and the environment)")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Library chatter at INFO (every reconnect attempt, every request) drowns the progress.
+    for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run_service(service: Service, parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                flag_overrides: Callable[[argparse.Namespace], dict] | None = None) -> int:
+    args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
+    for section, values in (flag_overrides(args) if flag_overrides else {}).items():
+        overrides.setdefault(section, {}).update(values)
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"{parser.prog}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.common.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                return
+            log.info("%s received: finishing in-flight work, then stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await service(config, args, stop)
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    except ConfigError as exc:  # e.g. an env_id no game has
+        print(f"{parser.prog}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except asyncio.CancelledError:
+        return 1
+    return 0

@@ -1,0 +1,95 @@
+"""Config: file, environment and command-line layers; errors that name the key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import ConfigError, load_config, mask_url, parse_overrides
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_repo_config():
+    cfg = load_config(environ={})
+    assert cfg.common.env_id == "connect4"
+    assert cfg.mcts.num_simulations == 200
+    assert cfg.mcts.temp_threshold == 15
+    assert cfg.training.steps_per_iteration == 1000
+    assert cfg.actor.max_episodes == -1
+
+
+def test_file_then_env_then_cli(tmp_path):
+    path = write(tmp_path, "[mcts]\nnum_simulations = 50\nc_puct = 2.0\n[common]\nenv_id = 'tictactoe'\n")
+    cfg = load_config(path, environ={})
+    assert (cfg.mcts.num_simulations, cfg.mcts.c_puct, cfg.common.env_id) == (50, 2.0, "tictactoe")
+    env = {"CARTRIDGE_MCTS_NUM_SIMULATIONS": "70", "CARTRIDGE_COMMON_ENV_ID": "connect4",
+           "CARTRIDGE_MCTS_TREE_REUSE": "false",
+           "CARTRIDGE_STORAGE_REPLAY_BACKEND": "sqlite",
+           "CARTRIDGE_STORAGE_POSTGRES_URL": "postgresql://u@db:5432/x"}
+    cfg = load_config(path, environ=env)
+    assert cfg.mcts.num_simulations == 70 and cfg.mcts.c_puct == 2.0
+    assert cfg.common.env_id == "connect4" and cfg.mcts.tree_reuse is False
+    assert cfg.storage.replay_backend == "sqlite"
+    assert cfg.storage.postgres_url == "postgresql://u@db:5432/x"
+    cfg = load_config(path, environ=env, overrides=parse_overrides(["mcts.num_simulations=90"]))
+    assert cfg.mcts.num_simulations == 90
+
+
+def test_non_config_env_vars_are_left_alone():
+    cfg = load_config(environ={"CARTRIDGE_TEST_S3_URL": "http://x", "CARTRIDGE_CONFIG_DIR": "y"})
+    assert cfg.mcts.num_simulations == 200
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[mcts]\nnum_simulation = 5\n", ["[mcts]", "num_simulation"]),
+    ("[mctss]\nnum_simulations = 5\n", ["mctss"]),
+    ("[mcts]\nnum_simulations = -5\n", ["num_simulations", ">= 1"]),
+    ("[training]\nbatch_size = 0\n", ["batch_size", ">= 1"]),
+    ("[mcts]\nc_puct = 'high'\n", ["c_puct", "float"]),
+    ("[storage]\nreplay_backend = 'redis'\n", ["replay_backend", "postgres"]),
+    ("[storage]\nreplay_table = 'x; drop table y'\n", ["replay_table"]),
+    ("[common]\nenv_id = 'chess'\n", ["env_id", "chess", "connect4"]),
+    ("[mcts\n", ["config.toml"]),
+])
+def test_bad_file_values_name_the_key(tmp_path, text, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"CARTRIDGE_MCTS_NUM_SIMULATONS": "5"}, ["CARTRIDGE_MCTS_NUM_SIMULATONS", "num_simulatons"]),
+    ({"CARTRIDGE_MCTS_NUM_SIMULATIONS": "lots"}, ["num_simulations", "int"]),
+    ({"CARTRIDGE_ACTOR_PARALLEL_GAMES": "0"}, ["parallel_games"]),
+])
+def test_bad_env_values_name_the_key(env, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=env)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["num_simulations=5"])
+
+
+def test_passwords_are_masked_in_urls():
+    assert mask_url("amqp://guest:secret@rabbit:5672/") == "amqp://guest:***@rabbit:5672/"
+    assert "secret" not in mask_url("postgresql://app:secret@db/cartridge")
+    assert mask_url("http://minio:9000") == "http://minio:9000"
+
+
+def test_service_exits_2_naming_the_key():
+    result = subprocess.run(
+        [sys.executable, "-m", "services.trainer", "--set", "training.batch_size=0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "batch_size" in result.stderr
