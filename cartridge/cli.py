@@ -11,6 +11,7 @@ COMMANDS = {
     "trainer": ("services.trainer.__main__", "train from the replay buffer, publish models"),
     "reload": ("cartridge.reload", "ask every actor to load a model version now"),
     "analyze": ("cartridge.analyze", "print a model's move choices for positions"),
+    "arena": ("cartridge.arena", "play a model against a fixed opponent and count wins"),
 }
 
 
