@@ -11,22 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-import aio_pika
-
-from shared.broker import CONTENT_TYPE_JSON, connect, declare_topology
+from shared.bus import RabbitBus
 from shared.config import Config, load_config, parse_overrides
 from shared.messages import ReloadRequest, encode_event
 
 
 async def publish_reload(config: Config, version: int | None) -> ReloadRequest:
     event = ReloadRequest(env_id=config.common.env_id, version=version)
-    connection = await connect(config.broker, name="cartridge reload")
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        topology = await declare_topology(channel, config.broker)
-        await topology.models_exchange.publish(
-            aio_pika.Message(encode_event(event), content_type=CONTENT_TYPE_JSON), routing_key=""
-        )
+    async with RabbitBus(config.broker, name="cartridge reload") as bus:
+        await bus.publish_event(encode_event(event))
     return event
 
 

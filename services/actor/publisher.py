@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aio_pika
-
-from shared.broker import CONTENT_TYPE_MSGPACK
+from shared.bus import Bus
 from shared.messages import TransitionBatch, encode_transitions
 
 log = logging.getLogger(__name__)
@@ -23,10 +21,8 @@ RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class GamePublisher:
-    def __init__(self, channel_factory, queue_name: str, max_unconfirmed: int):
-        """`channel_factory()` returns a confirming channel (re-created after failures)."""
-        self._channel_factory = channel_factory
-        self._queue_name = queue_name
+    def __init__(self, bus: Bus, max_unconfirmed: int):
+        self._bus = bus
         self._slots = asyncio.Semaphore(max_unconfirmed)
         self._pending: set[asyncio.Task] = set()
         self.confirmed_batches = 0
@@ -51,17 +47,7 @@ class GamePublisher:
         try:
             while True:
                 try:
-                    channel = await self._channel_factory()
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            content_type=CONTENT_TYPE_MSGPACK,
-                            message_id=batch.batch_id,
-                            app_id=batch.actor_id,
-                        ),
-                        routing_key=self._queue_name,
-                    )
+                    await self._bus.publish_transitions(body, message_id=batch.batch_id)
                     break
                 except asyncio.CancelledError:
                     raise

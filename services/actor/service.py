@@ -18,17 +18,16 @@ import logging
 import os
 import socket
 import time
-
-import aio_pika
+from typing import AsyncIterator
 
 from services.actor.publisher import GamePublisher
 from services.actor.reloader import ModelReloader
 from services.actor.selfplay import SelfPlay
-from shared.broker import bind_event_queue, connect, declare_topology
+from shared.bus import Bus, RabbitBus
 from shared.config import Config
 from shared.games import get_game
 from shared.inference import Evaluator
-from shared.model_store import open_model_store
+from shared.model_store import ModelStore, open_model_store
 from shared.transitions import Transitions, to_batch
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,16 @@ def default_actor_id() -> str:
 
 
 class ActorService:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, bus: Bus | None = None, store: ModelStore | None = None):
+        """`bus` and `store` default to what `config` names (RabbitMQ, S3 or a directory)."""
         self.config = config
         self.game = get_game(config.common.env_id)
         self.actor_id = config.actor.actor_id or default_actor_id()
         self.selfplay: SelfPlay | None = None
         self.reloader: ModelReloader | None = None
         self.publisher: GamePublisher | None = None
+        self.bus = bus or RabbitBus(config.broker, name=f"actor {self.actor_id}")
+        self.store = store or open_model_store(config.storage)
         self.ready = asyncio.Event()  # set once the first model is loaded and play begins
 
     @property
@@ -58,33 +60,20 @@ class ActorService:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         cfg = self.config
-        connection = await connect(cfg.broker, name=f"actor {self.actor_id}")
-        async with connection, open_model_store(cfg.storage) as store:
-            channel = await connection.channel(publisher_confirms=True)
-            await declare_topology(channel, cfg.broker)
-
-            async def publishing_channel() -> aio_pika.abc.AbstractChannel:
-                nonlocal channel
-                if channel.is_closed:
-                    channel = await connection.channel(publisher_confirms=True)
-                return channel
-
-            self.publisher = GamePublisher(publishing_channel, cfg.broker.transitions_queue, cfg.actor.max_unconfirmed)
+        async with self.bus, self.store as store:
+            self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)
             await self.reloader.load_initial()
             max_games = cfg.actor.max_episodes if cfg.actor.max_episodes >= 0 else None
             self.selfplay = SelfPlay(self.game, cfg.mcts, self.reloader.current,
                                      num_games=cfg.actor.parallel_games, max_games=max_games)
-
-            event_channel = await connection.channel()
-            events = await bind_event_queue(event_channel, cfg.broker)
+            events = await self.bus.subscribe_events()
             log.info("actor %s playing %s with model %d, %d games in parallel",
                      self.actor_id, self.game.env_id, self.model_version, cfg.actor.parallel_games)
             self.ready.set()
             async with asyncio.TaskGroup() as tasks:
-                play = tasks.create_task(self._play(stop))
                 listen = tasks.create_task(self._listen(events))
-                await play
+                await self._play(stop)
                 listen.cancel()
             drained = await self.publisher.drain(DRAIN_TIMEOUT_S)
             log.info("actor %s stopped: %d games, %d positions published and confirmed%s",
@@ -117,9 +106,7 @@ class ActorService:
                          self.actor_id, sp.stats.games, rate, self.model_version, self.publisher.unconfirmed)
                 last_log, last_positions = now, sp.stats.positions
 
-    async def _listen(self, queue: aio_pika.abc.AbstractQueue) -> None:
+    async def _listen(self, events: AsyncIterator[bytes]) -> None:
         assert self.reloader is not None
-        async with queue.iterator() as messages:
-            async for message in messages:
-                async with message.process(ignore_processed=True):
-                    await self.reloader.handle(message.body)
+        async for body in events:
+            await self.reloader.handle(body)

@@ -17,7 +17,6 @@ import itertools
 import logging
 import time
 
-import aio_pika
 import numpy as np
 import torch
 
@@ -25,12 +24,12 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
-from shared.broker import CONTENT_TYPE_JSON, connect, declare_topology
+from shared.bus import Bus, RabbitBus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
-from shared.model_store import ModelInfo, StoreUnavailable, VersionExists, open_model_store
-from shared.replay import open_replay
+from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
+from shared.replay import Replay, open_replay
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,14 @@ def pick_device(name: str) -> torch.device:
 
 
 class TrainerService:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, bus: Bus | None = None, store: ModelStore | None = None,
+                 replay: Replay | None = None):
+        """`bus`, `store` and `replay` default to what `config` names."""
         self.config = config
         self.game = get_game(config.common.env_id)
+        self.bus = bus or RabbitBus(config.broker, name="trainer")
+        self.store = store or open_model_store(config.storage)
+        self.replay = replay or open_replay(config.storage, self.game)
         self.device = pick_device(config.training.device)
         torch.set_num_threads(config.training.threads)
         self.model = build_network(self.game, config.network).to(self.device)
@@ -67,10 +71,7 @@ class TrainerService:
         """Train until `stop` is set, or for `cycles` cycles."""
         stop = stop or asyncio.Event()
         cfg = self.config
-        connection = await connect(cfg.broker, name="trainer")
-        async with connection, open_model_store(cfg.storage) as store, open_replay(cfg.storage, self.game) as replay:
-            channel = await connection.channel(publisher_confirms=True)
-            topology = await declare_topology(channel, cfg.broker)
+        async with self.bus, self.store as store, self.replay as replay:
             await self._resume(store)
             if not await self._wait_for_data(replay, stop):
                 return
@@ -78,7 +79,7 @@ class TrainerService:
                 await self._cycle(replay, stop)
                 if stop.is_set() and self.step % cfg.training.steps_per_iteration:
                     break  # interrupted mid-cycle: the last checkpoint stands
-                info = await self._publish(store, topology.models_exchange, stop)
+                info = await self._publish(store, stop)
                 if info is None:
                     break
                 self.cycles_done += 1
@@ -167,7 +168,7 @@ class TrainerService:
                 except TimeoutError:
                     pass
 
-    async def _publish(self, store, exchange, stop: asyncio.Event) -> ModelInfo | None:
+    async def _publish(self, store, stop: asyncio.Event) -> ModelInfo | None:
         """Export, upload, checkpoint, announce. Store outages are retried until `stop`."""
         onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
         version = self.version + 1
@@ -187,10 +188,6 @@ class TrainerService:
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
             size=info.size, step=info.step,
         )
-        await exchange.publish(
-            aio_pika.Message(encode_event(event), content_type=CONTENT_TYPE_JSON,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key="",
-        )
+        await self.bus.publish_event(encode_event(event))
         log.info("published model %d (step %d, %d bytes)", version, self.step, info.size)
         return info

@@ -1,0 +1,77 @@
+"""The bus inside one process: asyncio queues with RabbitMQ's delivery semantics
+(acks, redelivery on nack, dead-lettering with a reason, fan-out events)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+
+@dataclass
+class MemoryDelivery:
+    body: bytes
+    message_id: str | None
+    _bus: "MemoryBus" = field(repr=False)
+    _settled: bool = False
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise RuntimeError("delivery already acknowledged")
+        self._settled = True
+        self._bus._unacked.release()
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self) -> None:
+        self._settle()
+        self._bus._queue.put_nowait((self.body, self.message_id))
+
+    async def dead_letter(self, reason: str) -> None:
+        self._settle()
+        self._bus.dead_letters.append((self.body, reason))
+
+
+class MemoryBus:
+    def __init__(self, prefetch: int = 1024):
+        self._queue: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
+        self._unacked = asyncio.Semaphore(prefetch)
+        self._subscribers: list[asyncio.Queue[bytes]] = []
+        self.dead_letters: list[tuple[bytes, str]] = []
+
+    async def __aenter__(self) -> "MemoryBus":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        pass
+
+    async def pending_transitions(self) -> int:
+        return self._queue.qsize()
+
+    async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
+        self._queue.put_nowait((body, message_id))
+
+    async def consume_transitions(self, prefetch: int) -> AsyncIterator[MemoryDelivery]:
+        self._unacked = asyncio.Semaphore(prefetch)
+        return self._deliveries()
+
+    async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
+        while True:
+            await self._unacked.acquire()
+            body, message_id = await self._queue.get()
+            yield MemoryDelivery(body, message_id, self)
+
+    async def publish_event(self, body: bytes) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(body)
+
+    async def subscribe_events(self) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return self._events(queue)
+
+    @staticmethod
+    async def _events(queue: asyncio.Queue[bytes]) -> AsyncIterator[bytes]:
+        while True:
+            yield await queue.get()

@@ -1,0 +1,69 @@
+"""The model store in a local directory, for `cartridge up`: atomic writes (temp file +
+rename), and "only if absent" by hard-linking, which fails if the name exists."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from shared.config import StorageConfig
+from shared.model_store.base import ObjectModelStore
+
+
+class LocalModelStore(ObjectModelStore):
+    def __init__(self, storage: StorageConfig):
+        self.root = Path(storage.local_model_dir)
+
+    async def __aenter__(self) -> "LocalModelStore":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        pass
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return await asyncio.to_thread(self._path(key).read_bytes)
+        except FileNotFoundError:
+            return None
+
+    async def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        return await asyncio.to_thread(self._write, self._path(key), data, if_absent)
+
+    @staticmethod
+    def _write(path: Path, data: bytes, if_absent: bool) -> bool:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if if_absent:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+            return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    async def _size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def _list(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        return [f"{prefix}{p.name}" for p in folder.iterdir() if not p.name.startswith(".")]

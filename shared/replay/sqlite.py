@@ -1,0 +1,141 @@
+"""The replay buffer in one SQLite file, for `cartridge up` on a machine with no services.
+
+Same contract as the PostgreSQL store: a flush is one transaction, a batch id already in
+the ledger is skipped (exactly once), rows come back in id order. SQLite calls run in a
+worker thread so the event loop never waits on the disk; WAL mode lets the trainer read
+while ingest writes, and a killed process leaves the file consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import StorageConfig
+from shared.games import Game
+from shared.transitions import Transitions
+
+
+class SqliteReplay:
+    def __init__(self, storage: StorageConfig, game: Game):
+        self.path = Path(storage.sqlite_path)
+        self.table = storage.replay_table  # validated identifier
+        self.game = game
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
+
+    async def __aenter__(self) -> "SqliteReplay":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await asyncio.to_thread(self._open)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._db is not None:
+            await asyncio.to_thread(self._db.close)
+            self._db = None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(f"""
+            CREATE TABLE IF NOT EXISTS {self.table} (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                env_id TEXT NOT NULL, game_id BLOB NOT NULL, ply INTEGER NOT NULL,
+                actor_id TEXT NOT NULL, model_version INTEGER NOT NULL,
+                created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                observation BLOB NOT NULL, legal_mask BLOB NOT NULL, policy BLOB NOT NULL,
+                value REAL NOT NULL,
+                UNIQUE (game_id, ply));
+            CREATE TABLE IF NOT EXISTS {self.table}_batches (
+                batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,
+                ingested_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+        """)
+        return db
+
+    async def _run(self, fn, *args):
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
+    # -- writing -----------------------------------------------------------------------
+    async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> tuple[int, int]:
+        """Store the batches not stored before, in one transaction:
+        `(rows inserted, batches skipped as duplicates)`."""
+        return await self._run(self._write, batches)
+
+    def _write(self, batches) -> tuple[int, int]:
+        db, inserted, duplicates = self._db, 0, 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for batch_id, env_id, actor_id, t in batches:
+                if db.execute(f"INSERT OR IGNORE INTO {self.table}_batches (batch_id, rows) VALUES (?, ?)",
+                              (batch_id, len(t))).rowcount == 0:
+                    duplicates += 1
+                    continue
+                n = len(t)
+                rows = zip(
+                    [env_id] * n, [bytes(g) for g in t.game_id], t.ply.tolist(), [actor_id] * n,
+                    t.model_version.tolist(), _row_bytes(t.observation), _row_bytes(t.legal_mask),
+                    _row_bytes(t.policy), t.value.tolist(),
+                )
+                # OR IGNORE: the same game under a new batch id must not be stored twice.
+                cur = db.executemany(
+                    f"INSERT OR IGNORE INTO {self.table} (env_id, game_id, ply, actor_id, model_version,"
+                    " observation, legal_mask, policy, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                inserted += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return inserted, duplicates
+
+    # -- reading -----------------------------------------------------------------------
+    async def count(self, env_id: str) -> int:
+        return await self._run(
+            lambda: self._db.execute(f"SELECT count(*) FROM {self.table} WHERE env_id = ?", (env_id,)).fetchone()[0])
+
+    async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
+        return await self._run(self._fetch, f"WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?",
+                               (env_id, last_id, limit), last_id)
+
+    async def fetch_newest(self, env_id: str, limit: int) -> tuple[int, Transitions]:
+        return await self._run(
+            self._fetch,
+            f"WHERE id IN (SELECT id FROM {self.table} WHERE env_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (env_id, limit), 0)
+
+    def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
+        rows = self._db.execute(
+            f"SELECT id, game_id, ply, model_version, observation, legal_mask, policy, value"
+            f" FROM {self.table} {where}", params).fetchall()
+        if not rows:
+            return last_id, decode_rows(self.game, [])
+        return rows[-1][0], decode_rows(self.game, rows)
+
+
+def _row_bytes(a: np.ndarray) -> list[bytes]:
+    flat = np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8)
+    return [r.tobytes() for r in flat]
+
+
+def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
+    """Rows of (id, game_id, ply, model_version, observation, legal_mask, policy, value)
+    with byte columns back to numpy, one `frombuffer` per column."""
+    n, a = len(rows), game.num_actions
+    col = list(zip(*rows)) if rows else [()] * 8
+
+    def stacked(i: int, dtype, shape) -> np.ndarray:
+        return np.frombuffer(b"".join(col[i]), dtype=dtype).reshape(n, *shape)
+
+    return Transitions(
+        game_id=stacked(1, np.uint8, (16,)),
+        ply=np.array(col[2], np.int16).reshape(n),
+        model_version=np.array(col[3], np.int32).reshape(n),
+        observation=stacked(4, np.uint8, game.obs_shape),
+        legal_mask=stacked(5, np.bool_, (a,)),
+        policy=stacked(6, np.float32, (a,)),
+        value=np.array(col[7], np.float32).reshape(n),
+    )
