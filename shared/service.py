@@ -37,7 +37,7 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Library chatter at INFO (every reconnect attempt, every request) drowns the progress.
-    for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3"):
+    for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

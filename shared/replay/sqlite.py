@@ -12,10 +12,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-import numpy as np
-
 from shared.config import StorageConfig
 from shared.games import Game
+from shared.replay.rows import WriteResult, decode_rows, row_bytes
 from shared.transitions import Transitions
 
 
@@ -61,12 +60,11 @@ class SqliteReplay:
             return await asyncio.to_thread(fn, *args)
 
     # -- writing -----------------------------------------------------------------------
-    async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> tuple[int, int]:
-        """Store the batches not stored before, in one transaction:
-        `(rows inserted, batches skipped as duplicates)`."""
+    async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
+        """Store the batches not stored before, in one transaction."""
         return await self._run(self._write, batches)
 
-    def _write(self, batches) -> tuple[int, int]:
+    def _write(self, batches) -> WriteResult:
         db, inserted, duplicates = self._db, 0, 0
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -78,8 +76,8 @@ class SqliteReplay:
                 n = len(t)
                 rows = zip(
                     [env_id] * n, [bytes(g) for g in t.game_id], t.ply.tolist(), [actor_id] * n,
-                    t.model_version.tolist(), _row_bytes(t.observation), _row_bytes(t.legal_mask),
-                    _row_bytes(t.policy), t.value.tolist(),
+                    t.model_version.tolist(), row_bytes(t.observation), row_bytes(t.legal_mask),
+                    row_bytes(t.policy), t.value.tolist(),
                 )
                 # OR IGNORE: the same game under a new batch id must not be stored twice.
                 cur = db.executemany(
@@ -90,7 +88,7 @@ class SqliteReplay:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return inserted, duplicates
+        return WriteResult(inserted_rows=inserted, duplicate_batches=duplicates)
 
     # -- reading -----------------------------------------------------------------------
     async def count(self, env_id: str) -> int:
@@ -114,28 +112,3 @@ class SqliteReplay:
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, rows)
-
-
-def _row_bytes(a: np.ndarray) -> list[bytes]:
-    flat = np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8)
-    return [r.tobytes() for r in flat]
-
-
-def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
-    """Rows of (id, game_id, ply, model_version, observation, legal_mask, policy, value)
-    with byte columns back to numpy, one `frombuffer` per column."""
-    n, a = len(rows), game.num_actions
-    col = list(zip(*rows)) if rows else [()] * 8
-
-    def stacked(i: int, dtype, shape) -> np.ndarray:
-        return np.frombuffer(b"".join(col[i]), dtype=dtype).reshape(n, *shape)
-
-    return Transitions(
-        game_id=stacked(1, np.uint8, (16,)),
-        ply=np.array(col[2], np.int16).reshape(n),
-        model_version=np.array(col[3], np.int32).reshape(n),
-        observation=stacked(4, np.uint8, game.obs_shape),
-        legal_mask=stacked(5, np.bool_, (a,)),
-        policy=stacked(6, np.float32, (a,)),
-        value=np.array(col[7], np.float32).reshape(n),
-    )

@@ -1,0 +1,20 @@
+"""`cartridge ingest` / `python -m services.ingest`: store published games until stopped."""
+
+import sys
+
+from services.ingest.service import IngestService
+from shared.service import base_parser, run_service
+
+
+async def serve(config, args, stop) -> None:
+    await IngestService(config).run(stop, burst=args.burst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("cartridge ingest", "Consume transition batches; COPY them into the replay buffer.")
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty and all is stored")
+    return run_service(serve, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

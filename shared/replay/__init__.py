@@ -1,0 +1,42 @@
+"""The replay buffer: PostgreSQL in a deployment, one SQLite file for `cartridge up`."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shared.config import StorageConfig
+from shared.games import Game
+from shared.replay.rows import WriteResult
+from shared.transitions import Transitions
+
+
+class Replay(Protocol):
+    async def __aenter__(self) -> "Replay": ...
+
+    async def __aexit__(self, *exc) -> None: ...
+
+    async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
+        """`(batch_id, env_id, actor_id, rows)` per message; one transaction, each batch
+        id stored at most once."""
+
+    async def count(self, env_id: str) -> int: ...
+
+    async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
+        """Rows with id > `last_id` in id order, and the id of the last one."""
+
+    async def fetch_newest(self, env_id: str, limit: int) -> tuple[int, Transitions]:
+        """The newest `limit` rows in id order, and the id of the last one."""
+
+
+def open_replay(storage: StorageConfig, game: Game) -> Replay:
+    """The back end `storage.replay_backend` names, not yet entered (`async with` it)."""
+    if storage.replay_backend == "sqlite":
+        from shared.replay.sqlite import SqliteReplay
+
+        return SqliteReplay(storage, game)
+    from shared.replay.postgres import PostgresReplay
+
+    return PostgresReplay(storage, game)
+
+
+__all__ = ["Replay", "WriteResult", "open_replay"]

@@ -1,0 +1,160 @@
+"""The replay buffer in PostgreSQL.
+
+Exactly once: every flush is one transaction that first records its messages' batch ids
+in a ledger (`<table>_batches`, primary key); only batches new to the ledger are written,
+with one binary COPY. A batch delivered twice is therefore stored once, and since the
+ledger row commits with the rows, a crash can never leave one without the other.
+`UNIQUE (game_id, ply)` backs this up: should the same game ever arrive under another
+batch id, that flush falls back to COPY into a staging table and
+`INSERT ... ON CONFLICT DO NOTHING`. (The ledger costs one row per message; the staging
+path costs a second pass over every row, which is why it is only the fallback.)
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import numpy as np
+
+from shared.config import StorageConfig, mask_url
+from shared.games import Game
+from shared.replay.rows import WriteResult, decode_rows, row_bytes
+from shared.transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value"]
+MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
+
+
+class PostgresReplay:
+    def __init__(self, storage: StorageConfig, game: Game):
+        self.url = storage.postgres_url
+        self.table = storage.replay_table  # validated identifier (config pattern)
+        self.game = game
+        self.pool: asyncpg.Pool | None = None
+
+    async def __aenter__(self) -> "PostgresReplay":
+        await self._create_database()
+        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        await self._migrate()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def _create_database(self) -> None:
+        parts = urlsplit(self.url)
+        name = parts.path.lstrip("/")
+        if not name:
+            return
+        try:
+            conn = await asyncpg.connect(self.url)
+            await conn.close()
+            return
+        except asyncpg.InvalidCatalogNameError:
+            pass
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')
+            log.info("created database %s", mask_url(self.url))
+        except asyncpg.DuplicateDatabaseError:
+            pass  # another service created it first
+        finally:
+            await admin.close()
+
+    async def _migrate(self) -> None:
+        t = self.table
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(f"""
+                CREATE TABLE IF NOT EXISTS {t} (
+                    id bigserial PRIMARY KEY,
+                    env_id text NOT NULL,
+                    game_id uuid NOT NULL,
+                    ply smallint NOT NULL,
+                    actor_id text NOT NULL,
+                    model_version integer NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    observation bytea NOT NULL,
+                    legal_mask bytea NOT NULL,
+                    policy bytea NOT NULL,
+                    value real NOT NULL,
+                    UNIQUE (game_id, ply)
+                );
+                CREATE TABLE IF NOT EXISTS {t}_batches (
+                    batch_id text PRIMARY KEY,
+                    rows integer NOT NULL,
+                    ingested_at timestamptz NOT NULL DEFAULT now()
+                );
+                CREATE INDEX IF NOT EXISTS {t}_env_id_idx ON {t} (env_id, id);
+            """)
+
+    # -- writing -----------------------------------------------------------------------
+    async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
+        """Store the batches not stored before, in one transaction."""
+        unique = {b[0]: b for b in batches}  # the same message twice in one flush
+        async with self.pool.acquire() as conn, conn.transaction():
+            new = await conn.fetch(
+                f"INSERT INTO {self.table}_batches (batch_id, rows) SELECT * FROM unnest($1::text[], $2::int[])"
+                " ON CONFLICT DO NOTHING RETURNING batch_id",
+                list(unique), [len(b[3]) for b in unique.values()],
+            )
+            fresh = [unique[r["batch_id"]] for r in new]
+            records = [rec for batch in fresh for rec in _records(*batch)]
+            inserted = len(records)
+            if records:
+                try:
+                    async with conn.transaction():  # savepoint: a conflict must not abort the flush
+                        await conn.copy_records_to_table(self.table, records=records, columns=COLUMNS)
+                except asyncpg.UniqueViolationError:
+                    log.warning("positions already stored under another batch id; skipping those")
+                    inserted = await self._insert_skipping_conflicts(conn, records)
+        return WriteResult(inserted_rows=inserted, duplicate_batches=len(batches) - len(fresh))
+
+    async def _insert_skipping_conflicts(self, conn, records) -> int:
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging (LIKE {self.table} INCLUDING DEFAULTS)"
+                           " ON COMMIT DELETE ROWS")
+        await conn.copy_records_to_table("staging", records=records, columns=COLUMNS)
+        cols = ", ".join(COLUMNS)
+        status = await conn.execute(
+            f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM staging ON CONFLICT (game_id, ply) DO NOTHING")
+        return int(status.rsplit(" ", 1)[-1])
+
+    # -- reading -----------------------------------------------------------------------
+    async def count(self, env_id: str) -> int:
+        return await self.pool.fetchval(f"SELECT count(*) FROM {self.table} WHERE env_id = $1", env_id)
+
+    async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
+        return await self._fetch(
+            f"WHERE env_id = $1 AND id > $2 ORDER BY id LIMIT $3", (env_id, last_id, limit), last_id)
+
+    async def fetch_newest(self, env_id: str, limit: int) -> tuple[int, Transitions]:
+        return await self._fetch(
+            f"WHERE id IN (SELECT id FROM {self.table} WHERE env_id = $1 ORDER BY id DESC LIMIT $2) ORDER BY id",
+            (env_id, limit), 0)
+
+    async def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
+        rows = await self.pool.fetch(
+            f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value"
+            f" FROM {self.table} {where}", *params)
+        if not rows:
+            return last_id, decode_rows(self.game, [])
+        return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])
+
+
+def _records(batch_id: str, env_id: str, actor_id: str, t: Transitions) -> list[tuple]:
+    """COPY records for one batch, built column-wise (one bytes object per cell)."""
+    n = len(t)
+    game_ids = [uuid.UUID(bytes=bytes(g)) for g in np.unique(t.game_id, axis=0)]
+    by_bytes = {g.bytes: g for g in game_ids}
+    return list(zip(
+        [env_id] * n, [by_bytes[bytes(g)] for g in t.game_id], t.ply.tolist(), [actor_id] * n,
+        t.model_version.tolist(), row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy),
+        t.value.tolist(),
+    ))

@@ -1,0 +1,42 @@
+"""Transitions to and from database rows, shared by every replay back end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.games import Game
+from shared.transitions import Transitions
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted_rows: int
+    duplicate_batches: int  # batches skipped because they were stored before
+
+
+def row_bytes(a: np.ndarray) -> list[bytes]:
+    """One `bytes` per row of `a` (the cell value of a bytea/BLOB column)."""
+    flat = np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8)
+    return [r.tobytes() for r in flat]
+
+
+def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
+    """Rows of (id, game_id bytes, ply, model_version, observation, legal_mask, policy,
+    value) back to numpy columns, one `frombuffer` per byte column."""
+    n, a = len(rows), game.num_actions
+    col = list(zip(*rows)) if rows else [()] * 8
+
+    def stacked(i: int, dtype, shape) -> np.ndarray:
+        return np.frombuffer(b"".join(col[i]), dtype=dtype).reshape(n, *shape)
+
+    return Transitions(
+        game_id=stacked(1, np.uint8, (16,)),
+        ply=np.array(col[2], np.int16).reshape(n),
+        model_version=np.array(col[3], np.int32).reshape(n),
+        observation=stacked(4, np.uint8, game.obs_shape),
+        legal_mask=stacked(5, np.bool_, (a,)),
+        policy=stacked(6, np.float32, (a,)),
+        value=np.array(col[7], np.float32).reshape(n),
+    )
