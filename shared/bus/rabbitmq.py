@@ -151,8 +151,10 @@ class RabbitBus:
     async def pending_transitions(self) -> int:
         """Messages ready in the transitions queue (not counting unacked ones)."""
         channel = await self._confirming_channel()
-        queue = await channel.declare_queue(self.config.transitions_queue, passive=True)
-        return queue.declaration_result.message_count
+        # The raw channel: aio-pika's robust channel answers a repeated declare from its
+        # cache, with the count of the first declaration.
+        raw = await channel.get_underlay_channel()
+        return (await raw.queue_declare(self.config.transitions_queue, passive=True)).message_count
 
     async def publish_event(self, body: bytes) -> None:
         channel = await self._confirming_channel()
