@@ -156,7 +156,7 @@ class SelfPlay:
         )
         return FinishedGame(
             transitions=transitions,
-            moves=self.game.format_moves(self._actions[slot, :plies]),
+            moves=self.game.format_moves(self._actions[slot, :plies - resigned]),  # a resigner's move is not played
             outcome=float(value[0]),
             resigned=resigned,
         )

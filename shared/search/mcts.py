@@ -96,9 +96,10 @@ class BatchedMCTS:
 
     # -- one simulation in every active tree -------------------------------------------
     def simulate(self, evaluator) -> int:
-        """Run one simulation in each active tree; returns how many ran."""
+        """Run one simulation in each active tree whose search is not complete yet;
+        returns how many ran."""
         t, cfg = self.tree, self.config
-        slots = np.flatnonzero(self.active)
+        slots = np.flatnonzero(self.active & (self.root_visits() < cfg.num_simulations))
         if not len(slots):
             return 0
         fresh = ~t.expanded[slots, 0]
