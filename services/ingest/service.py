@@ -53,6 +53,8 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     flushes: int = 0
+    first_delivery_at: float | None = None  # monotonic clock
+    last_commit_at: float | None = None
 
 
 class IngestService:
@@ -87,6 +89,8 @@ class IngestService:
         pending: list[Pending] = []
         rows = 0
         deadline = None
+        # One flush may be in flight while the next one gathers: decoding overlaps the COPY.
+        flushing: asyncio.Task[bool] | None = None
         last_log, last_rows = time.monotonic(), 0
         while True:
             wait = IDLE_CHECK_S if deadline is None else max(deadline - time.monotonic(), 0)
@@ -99,13 +103,17 @@ class IngestService:
                     deadline = deadline or time.monotonic() + cfg.flush_ms / 1000
             due = deadline is not None and time.monotonic() >= deadline
             if pending and (rows >= cfg.flush_rows or due or stop.is_set()):
-                if not await self._flush(pending, stop):
+                if flushing is not None and not await flushing:
                     return  # stopped while the database was away: all handed back
+                flushing = asyncio.create_task(self._flush(pending, stop))
                 pending, rows, deadline = [], 0, None
-            if stop.is_set() and not pending:
-                return
-            if burst and not pending and self._inbox.empty() and await self.bus.pending_transitions() == 0:
-                return
+            idle = not pending and self._inbox.empty()
+            if idle and (stop.is_set() or burst):
+                if flushing is not None and not await flushing:
+                    return
+                flushing = None
+                if stop.is_set() or await self.bus.pending_transitions() == 0:
+                    return
             now = time.monotonic()
             if now - last_log >= PROGRESS_EVERY_S:
                 log.info("ingest: %.0f rows/s, %d rows stored, %d dead-lettered",
@@ -129,6 +137,8 @@ class IngestService:
     async def _accept(self, delivery: Delivery) -> Pending | None:
         """Decode and check one message; dead-letter it (with the reason) if unusable."""
         self.stats.messages += 1
+        if self.stats.first_delivery_at is None:
+            self.stats.first_delivery_at = time.monotonic()
         try:
             if len(delivery.body) > self.config.broker.max_message_bytes:
                 raise MessageError(
@@ -168,4 +178,5 @@ class IngestService:
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
+        self.stats.last_commit_at = time.monotonic()
         return True

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 
-@dataclass
+@dataclass(eq=False)
 class MemoryDelivery:
     body: bytes
     message_id: str | None
@@ -20,6 +20,7 @@ class MemoryDelivery:
             raise RuntimeError("delivery already acknowledged")
         self._settled = True
         self._bus._unacked.release()
+        self._bus._outstanding.discard(self)
 
     async def ack(self) -> None:
         self._settle()
@@ -37,6 +38,7 @@ class MemoryBus:
     def __init__(self, prefetch: int = 1024):
         self._queue: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
         self._unacked = asyncio.Semaphore(prefetch)
+        self._outstanding: set[MemoryDelivery] = set()  # delivered, not yet settled
         self._subscribers: list[asyncio.Queue[bytes]] = []
         self.dead_letters: list[tuple[bytes, str]] = []
 
@@ -57,10 +59,19 @@ class MemoryBus:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
-        while True:
-            await self._unacked.acquire()
-            body, message_id = await self._queue.get()
-            yield MemoryDelivery(body, message_id, self)
+        try:
+            while True:
+                await self._unacked.acquire()
+                body, message_id = await self._queue.get()
+                delivery = MemoryDelivery(body, message_id, self)
+                self._outstanding.add(delivery)
+                yield delivery
+        finally:
+            # A consumer that goes away hands back what it had not settled, as RabbitMQ does.
+            for delivery in list(self._outstanding):
+                delivery._settled = True
+                self._queue.put_nowait((delivery.body, delivery.message_id))
+            self._outstanding.clear()
 
     async def publish_event(self, body: bytes) -> None:
         for queue in self._subscribers:

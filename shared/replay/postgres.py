@@ -106,7 +106,7 @@ class PostgresReplay:
                 list(unique), [len(b[3]) for b in unique.values()],
             )
             fresh = [unique[r["batch_id"]] for r in new]
-            records = [rec for batch in fresh for rec in _records(*batch)]
+            records = _records(fresh) if fresh else []
             inserted = len(records)
             if records:
                 try:
@@ -148,13 +148,16 @@ class PostgresReplay:
         return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])
 
 
-def _records(batch_id: str, env_id: str, actor_id: str, t: Transitions) -> list[tuple]:
-    """COPY records for one batch, built column-wise (one bytes object per cell)."""
-    n = len(t)
-    game_ids = [uuid.UUID(bytes=bytes(g)) for g in np.unique(t.game_id, axis=0)]
-    by_bytes = {g.bytes: g for g in game_ids}
+def _records(batches: list[tuple[str, str, str, Transitions]]) -> list[tuple]:
+    """COPY records for all rows of `batches`, built column by column: each byte column
+    is one `tobytes()` sliced per row, and each game's uuid is made once."""
+    t = Transitions.concat([b[3] for b in batches]) if len(batches) > 1 else batches[0][3]
+    env_ids = [env for _, env, _, rows in batches for _ in range(len(rows))]
+    actor_ids = [actor for _, _, actor, rows in batches for _ in range(len(rows))]
+    raw_ids = row_bytes(t.game_id)
+    uuids = {g: uuid.UUID(bytes=g) for g in set(raw_ids)}
     return list(zip(
-        [env_id] * n, [by_bytes[bytes(g)] for g in t.game_id], t.ply.tolist(), [actor_id] * n,
-        t.model_version.tolist(), row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy),
-        t.value.tolist(),
+        env_ids, [uuids[g] for g in raw_ids], t.ply.tolist(), actor_ids, t.model_version.tolist(),
+        row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy), t.value.tolist(),
     ))
+

@@ -17,9 +17,10 @@ class WriteResult:
 
 
 def row_bytes(a: np.ndarray) -> list[bytes]:
-    """One `bytes` per row of `a` (the cell value of a bytea/BLOB column)."""
-    flat = np.ascontiguousarray(a).reshape(len(a), -1).view(np.uint8)
-    return [r.tobytes() for r in flat]
+    """One `bytes` per row of `a` (the cell value of a bytea/BLOB column): one
+    `tobytes()` for the whole array, sliced, is several times faster than one per row."""
+    data, k = np.ascontiguousarray(a).tobytes(), a[0].nbytes if len(a) else 0
+    return [data[i:i + k] for i in range(0, len(data), k)] if k else []
 
 
 def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
