@@ -155,7 +155,7 @@ class BrokerConfig(_Section):
 
 
 class IngestConfig(_Section):
-    prefetch: PositiveInt = 512
+    prefetch: PositiveInt = 2048
     """Unacknowledged messages the broker may hand to ingest at once."""
     flush_rows: PositiveInt = 10_000
     """Rows gathered before a COPY."""

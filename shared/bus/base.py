@@ -18,8 +18,9 @@ class Delivery(Protocol):
     body: bytes
     message_id: str | None
 
-    async def ack(self) -> None:
-        """The message is stored: the bus may forget it."""
+    async def ack(self, multiple: bool = False) -> None:
+        """The message is stored: the bus may forget it (with `multiple`, also every
+        earlier delivery of this consumer not settled yet: one frame for a whole flush)."""
 
     async def nack(self) -> None:
         """The message was not stored: deliver it again later."""

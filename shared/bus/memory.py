@@ -12,6 +12,7 @@ from typing import AsyncIterator
 class MemoryDelivery:
     body: bytes
     message_id: str | None
+    tag: int
     _bus: "MemoryBus" = field(repr=False)
     _settled: bool = False
 
@@ -22,8 +23,11 @@ class MemoryDelivery:
         self._bus._unacked.release()
         self._bus._outstanding.discard(self)
 
-    async def ack(self) -> None:
+    async def ack(self, multiple: bool = False) -> None:
         self._settle()
+        if multiple:
+            for earlier in [d for d in self._bus._outstanding if d.tag < self.tag]:
+                earlier._settle()
 
     async def nack(self) -> None:
         self._settle()
@@ -39,6 +43,7 @@ class MemoryBus:
         self._queue: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
         self._unacked = asyncio.Semaphore(prefetch)
         self._outstanding: set[MemoryDelivery] = set()  # delivered, not yet settled
+        self._tags = 0
         self._subscribers: list[asyncio.Queue[bytes]] = []
         self.dead_letters: list[tuple[bytes, str]] = []
 
@@ -63,7 +68,8 @@ class MemoryBus:
             while True:
                 await self._unacked.acquire()
                 body, message_id = await self._queue.get()
-                delivery = MemoryDelivery(body, message_id, self)
+                self._tags += 1
+                delivery = MemoryDelivery(body, message_id, self._tags, self)
                 self._outstanding.add(delivery)
                 yield delivery
         finally:

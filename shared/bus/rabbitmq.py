@@ -85,8 +85,8 @@ class RabbitDelivery:
     def message_id(self) -> str | None:
         return self.message.message_id
 
-    async def ack(self) -> None:
-        await self.message.ack()
+    async def ack(self, multiple: bool = False) -> None:
+        await self.message.ack(multiple=multiple)
 
     async def nack(self) -> None:
         await self.message.nack(requeue=True)

@@ -1,0 +1,134 @@
+"""Hot-reload latency: from a model-published event to every actor serving the model.
+
+Starts an S3 server (moto) on loopback and 8 actor processes (`python -m services.actor`,
+self-playing Connect4 the whole time) on the real RabbitMQ, then publishes a sequence of
+model versions the way the trainer does (upload, then event). Each actor logs
+`Model updated to version N (..., X ms after the event)` once the new onnxruntime
+session is swapped in; this collects X for every actor and version.
+Last line: a JSON object with `p50_ms` and `p99_ms`.
+
+    python bench/reload_latency.py [--actors 8] [--versions 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.trainer.export import export_onnx  # noqa: E402
+from services.trainer.network import build_network  # noqa: E402
+from shared.bus import RabbitBus  # noqa: E402
+from shared.config import NetworkConfig, load_config  # noqa: E402
+from shared.games import get_game  # noqa: E402
+from shared.messages import ModelPublished, encode_event  # noqa: E402
+from shared.model_store import S3ModelStore  # noqa: E402
+
+UPDATED = re.compile(r"Model updated to version (\d+) \(model published, (\d+) ms after the event\)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actors", type=int, default=8)
+    parser.add_argument("--versions", type=int, default=20)
+    parser.add_argument("--games", type=int, default=64, help="games in parallel per actor")
+    args = parser.parse_args()
+
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "CARTRIDGE_STORAGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "CARTRIDGE_STORAGE_S3_BUCKET": f"bench-reload-{run}",
+        "CARTRIDGE_STORAGE_S3_ACCESS_KEY": "bench", "CARTRIDGE_STORAGE_S3_SECRET_KEY": "bench",
+        "CARTRIDGE_BROKER_TRANSITIONS_QUEUE": f"bench.{run}.transitions",
+        "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": f"bench.{run}.dead",
+        "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": f"bench.{run}.dead",
+        "CARTRIDGE_BROKER_MODELS_EXCHANGE": f"bench.{run}.models",
+        "CARTRIDGE_ACTOR_PARALLEL_GAMES": str(args.games),
+    }
+    config = load_config(environ=env)
+    game = get_game(config.common.env_id)
+    models = []
+    for seed in range(3):  # distinct weights, cycled through the versions
+        import torch
+
+        torch.manual_seed(seed)
+        models.append(export_onnx(build_network(game, NetworkConfig())))
+
+    latencies: dict[int, list[int]] = {}
+    seen = asyncio.Condition()
+
+    async def watch(proc) -> None:
+        async for line in proc.stderr:
+            match = UPDATED.search(line.decode(errors="replace"))
+            if match:
+                async with seen:
+                    latencies.setdefault(int(match[1]), []).append(int(match[2]))
+                    seen.notify_all()
+
+    async with S3ModelStore(config.storage) as store, RabbitBus(config.broker, name="bench") as bus:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.actor", "--actor-id", f"bench-{i}",
+                cwd=ROOT, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL)
+            for i in range(args.actors)
+        ]
+        watchers = [asyncio.create_task(watch(p)) for p in procs]
+        try:
+            await asyncio.sleep(15)  # let every actor start, subscribe and play
+            for version in range(1, args.versions + 1):
+                info = await store.put_model(game.env_id, version, models[version % len(models)], step=version)
+                await bus.publish_event(encode_event(ModelPublished(
+                    env_id=info.env_id, version=version, key=info.key, sha256=info.sha256, size=info.size)))
+                async with seen:
+                    await asyncio.wait_for(
+                        seen.wait_for(lambda: len(latencies.get(version, [])) == args.actors), 60)
+                await asyncio.sleep(0.5)
+        finally:
+            for p in procs:
+                p.terminate()
+            await asyncio.gather(*(p.wait() for p in procs))
+            for w in watchers:
+                w.cancel()
+            channel = await bus._confirming_channel()
+            await channel.queue_delete(config.broker.transitions_queue)
+            await channel.queue_delete(config.broker.dead_letter_queue)
+            await channel.exchange_delete(config.broker.dead_letter_exchange)
+            await channel.exchange_delete(config.broker.models_exchange)
+    s3.stop()
+
+    samples = np.array([ms for v in latencies.values() for ms in v])
+    result = {
+        "actors": args.actors, "versions": args.versions, "samples": int(len(samples)),
+        "p50_ms": float(np.percentile(samples, 50)), "p99_ms": float(np.percentile(samples, 99)),
+        "max_ms": int(samples.max()), "mean_ms": round(float(samples.mean()), 1),
+    }
+    print(f"{len(samples)} reloads across {args.actors} actors: p50 {result['p50_ms']:.0f} ms, "
+          f"p99 {result['p99_ms']:.0f} ms, max {result['max_ms']} ms")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
