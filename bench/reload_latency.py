@@ -35,7 +35,8 @@ from shared.games import get_game  # noqa: E402
 from shared.messages import ModelPublished, encode_event  # noqa: E402
 from shared.model_store import S3ModelStore  # noqa: E402
 
-UPDATED = re.compile(r"Model updated to version (\d+) \(model published, (\d+) ms after the event\)")
+UPDATED = re.compile(r"Model updated to version (\d+) \(model published, (\d+) ms after the event; "
+                     r"download (\d+) ms, load (\d+) ms\)")
 
 
 def free_port() -> int:
@@ -51,11 +52,12 @@ async def main() -> None:
     parser.add_argument("--games", type=int, default=64, help="games in parallel per actor")
     args = parser.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
+    # The S3 server in a process of its own, as MinIO would be.
     port = free_port()
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    s3.start()
+    s3 = await asyncio.create_subprocess_exec(
+        Path(sys.executable).with_name("moto_server"), "-H", "127.0.0.1", "-p", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(2)
     run = uuid.uuid4().hex[:8]
     env = {
         "CARTRIDGE_STORAGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
@@ -77,6 +79,7 @@ async def main() -> None:
         models.append(export_onnx(build_network(game, NetworkConfig())))
 
     latencies: dict[int, list[int]] = {}
+    parts: list[tuple[int, int]] = []  # (download ms, load ms)
     seen = asyncio.Condition()
 
     async def watch(proc) -> None:
@@ -85,6 +88,7 @@ async def main() -> None:
             if match:
                 async with seen:
                     latencies.setdefault(int(match[1]), []).append(int(match[2]))
+                    parts.append((int(match[3]), int(match[4])))
                     seen.notify_all()
 
     async with S3ModelStore(config.storage) as store, RabbitBus(config.broker, name="bench") as bus:
@@ -117,14 +121,19 @@ async def main() -> None:
             await channel.queue_delete(config.broker.dead_letter_queue)
             await channel.exchange_delete(config.broker.dead_letter_exchange)
             await channel.exchange_delete(config.broker.models_exchange)
-    s3.stop()
+    s3.terminate()
+    await s3.wait()
 
     samples = np.array([ms for v in latencies.values() for ms in v])
     result = {
         "actors": args.actors, "versions": args.versions, "samples": int(len(samples)),
         "p50_ms": float(np.percentile(samples, 50)), "p99_ms": float(np.percentile(samples, 99)),
         "max_ms": int(samples.max()), "mean_ms": round(float(samples.mean()), 1),
+        "download_p50_ms": float(np.percentile([d for d, _ in parts], 50)),
+        "load_p50_ms": float(np.percentile([l for _, l in parts], 50)),
     }
+    for version, ms in sorted(latencies.items()):
+        print(f"version {version}: " + " ".join(f"{m:4d}" for m in sorted(ms)) + " ms")
     print(f"{len(samples)} reloads across {args.actors} actors: p50 {result['p50_ms']:.0f} ms, "
           f"p99 {result['p99_ms']:.0f} ms, max {result['max_ms']} ms")
     print(json.dumps(result))

@@ -17,7 +17,7 @@ from shared.config import Config
 from shared.games import Game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
 from shared.messages import MessageError, ModelPublished, ReloadRequest, decode_event
-from shared.model_store import ModelCorrupt, ModelNotFound, ModelStore, StoreUnavailable
+from shared.model_store import ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class ModelReloader:
             if event.version <= self.current.version:
                 log.debug("model %d published; already serving %d", event.version, self.current.version)
                 return
-            await self._load(event.version, event.published_at, why="model published")
+            expected = ModelInfo(env_id=event.env_id, version=event.version, key=event.key,
+                                 sha256=event.sha256, size=event.size, step=event.step)
+            await self._load(event.version, event.published_at, why="model published", expected=expected)
         elif isinstance(event, ReloadRequest):
             await self._load(event.version, event.published_at, why="reload requested")
 
@@ -67,16 +69,19 @@ class ModelReloader:
         self.failures.append(message)
         log.error("%s", message)
 
-    async def _load(self, version: int | None, published_at: float | None, why: str) -> None:
+    async def _load(self, version: int | None, published_at: float | None, why: str,
+                    expected: ModelInfo | None = None) -> None:
         wanted = "newest" if version is None else str(version)
+        started = time.perf_counter()
         try:
             info, data = await self.store.get_model(
-                self.game.env_id, version, max_bytes=self.config.storage.max_model_bytes
+                self.game.env_id, version, max_bytes=self.config.storage.max_model_bytes, expected=expected
             )
             if info.version == self.current.version:
                 log.info("%s: already serving model %d", why, info.version)
                 return
-            # Building a session takes tens of milliseconds: keep it off the event loop.
+            fetched = time.perf_counter()
+            # Building a session takes milliseconds of CPU: keep it off the event loop.
             evaluator = await asyncio.to_thread(
                 OnnxEvaluator.from_bytes, data, self.game,
                 version=info.version, threads=self.config.actor.onnx_threads,
@@ -89,4 +94,5 @@ class ModelReloader:
         latency_ms = 1000 * (time.time() - published_at) if published_at else None
         self.updates.append((info.version, latency_ms))
         since = f", {latency_ms:.0f} ms after the event" if latency_ms is not None else ""
-        log.info("Model updated to version %d (%s%s)", info.version, why, since)
+        log.info("Model updated to version %d (%s%s; download %.0f ms, load %.0f ms)", info.version, why, since,
+                 1000 * (fetched - started), 1000 * (time.perf_counter() - fetched))

@@ -17,6 +17,9 @@ import asyncio
 import logging
 import os
 import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from typing import AsyncIterator
 
@@ -34,6 +37,17 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
 DRAIN_TIMEOUT_S = 30.0
+GIL_SWITCH_S = 0.0005
+SELFPLAY_NICENESS = 10  # self-play is background work: control-plane threads go first
+
+
+def _lower_thread_priority() -> None:
+    """Make the calling thread (and only it) yield the CPU to other work: on Linux each
+    thread has its own nice value, and raising it needs no privileges."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SELFPLAY_NICENESS)
+    except (AttributeError, OSError):  # not Linux: run at normal priority
+        pass
 
 
 def default_actor_id() -> str:
@@ -52,6 +66,10 @@ class ActorService:
         self.bus = bus or RabbitBus(config.broker, name=f"actor {self.actor_id}")
         self.store = store or open_model_store(config.storage)
         self.ready = asyncio.Event()  # set once the first model is loaded and play begins
+        # Cleared while a control event is handled: self-play yields the CPU so the new
+        # model is downloaded and swapped in as fast as the machine allows.
+        self._may_play = asyncio.Event()
+        self._may_play.set()
 
     @property
     def model_version(self) -> int:
@@ -60,6 +78,9 @@ class ActorService:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         cfg = self.config
+        # Self-play runs in a worker thread; a short GIL switch interval lets the event
+        # loop answer a model event within a millisecond instead of five.
+        sys.setswitchinterval(GIL_SWITCH_S)
         async with self.bus, self.store as store:
             self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)
@@ -86,27 +107,44 @@ class ActorService:
             self.selfplay.evaluator = evaluator
 
     async def _play(self, stop: asyncio.Event) -> None:
-        cfg, sp = self.config, self.selfplay
+        sp = self.selfplay
         assert sp is not None and self.publisher is not None
         pending: list[Transitions] = []
-        last_log, last_positions = time.monotonic(), 0
-        while not stop.is_set() and sp.running:
-            finished = await asyncio.to_thread(sp.step)
-            pending.extend(g.transitions for g in finished)
-            # Publish in groups of games_per_message; the last game goes out alone.
-            closing = stop.is_set() or not sp.running  # finished games still go out whole
-            while len(pending) >= cfg.actor.games_per_message or (pending and closing):
-                group, pending = pending[: cfg.actor.games_per_message], pending[cfg.actor.games_per_message:]
-                batch = to_batch(Transitions.concat(group), env_id=self.game.env_id, actor_id=self.actor_id)
-                await self.publisher.publish(batch)
-            now = time.monotonic()
-            if now - last_log >= PROGRESS_EVERY_S:
-                rate = (sp.stats.positions - last_positions) / (now - last_log)
-                log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed",
-                         self.actor_id, sp.stats.games, rate, self.model_version, self.publisher.unconfirmed)
-                last_log, last_positions = now, sp.stats.positions
+        self._last_log, self._last_positions = time.monotonic(), 0
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, "selfplay", initializer=_lower_thread_priority) as selfplay_thread:
+            while not stop.is_set() and sp.running:
+                await self._may_play.wait()
+                finished = await loop.run_in_executor(selfplay_thread, sp.step)
+                pending.extend(g.transitions for g in finished)
+                await self._publish_finished(pending, closing=stop.is_set() or not sp.running)
+                self._log_progress()
+
+    async def _publish_finished(self, pending: list[Transitions], closing: bool) -> None:
+        """Publish finished games in groups of `games_per_message`; when closing, the
+        remainder goes out too (games are always published whole)."""
+        per_message = self.config.actor.games_per_message
+        while len(pending) >= per_message or (pending and closing):
+            group = pending[:per_message]
+            del pending[:per_message]
+            batch = to_batch(Transitions.concat(group), env_id=self.game.env_id, actor_id=self.actor_id)
+            await self.publisher.publish(batch)
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < PROGRESS_EVERY_S:
+            return
+        sp = self.selfplay
+        rate = (sp.stats.positions - self._last_positions) / (now - self._last_log)
+        log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed",
+                 self.actor_id, sp.stats.games, rate, self.model_version, self.publisher.unconfirmed)
+        self._last_log, self._last_positions = now, sp.stats.positions
 
     async def _listen(self, events: AsyncIterator[bytes]) -> None:
         assert self.reloader is not None
         async for body in events:
-            await self.reloader.handle(body)
+            self._may_play.clear()
+            try:
+                await self.reloader.handle(body)
+            finally:
+                self._may_play.set()

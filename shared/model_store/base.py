@@ -82,11 +82,10 @@ def decode_info(data: bytes) -> ModelInfo:
     return msgspec.json.decode(data, type=ModelInfo)
 
 
-def check_size(info: ModelInfo, size: int, max_bytes: int) -> None:
-    if size > max_bytes:
-        raise ModelCorrupt(
-            f"model version {info.version} of {info.env_id} is {size} bytes, over the {max_bytes}-byte limit"
-        )
+def too_large(info: ModelInfo, size: int, max_bytes: int) -> ModelCorrupt:
+    return ModelCorrupt(
+        f"model version {info.version} of {info.env_id} is {size} bytes, over the {max_bytes}-byte limit"
+    )
 
 
 def check_bytes(info: ModelInfo, data: bytes) -> None:
@@ -117,8 +116,10 @@ class ModelStore(Protocol):
 
     async def get_info(self, env_id: str, version: int) -> ModelInfo: ...
 
-    async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int) -> tuple[ModelInfo, bytes]:
-        """The model's bytes, size-limited and sha256-checked; None means the newest."""
+    async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int,
+                        expected: ModelInfo | None = None) -> tuple[ModelInfo, bytes]:
+        """The model's bytes, size-limited and sha256-checked (against `expected` if
+        given, else the stored metadata); version None means the newest."""
 
     async def list_versions(self, env_id: str) -> list[int]: ...
 
@@ -127,18 +128,22 @@ class ModelStore(Protocol):
     async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None: ...
 
 
-class ObjectModelStore:
-    """The store's logic over four object primitives that each back end provides:
-    `_get`, `_put` (optionally only if absent), `_size` and `_list`."""
+class ObjectTooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
 
-    async def _get(self, key: str) -> bytes | None:
+
+class ObjectModelStore:
+    """The store's logic over three object primitives that each back end provides:
+    `_get` (size-limited), `_put` (optionally only if absent) and `_list`."""
+
+    async def _get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
+        """The object's bytes, None if absent; `ObjectTooLarge` (before reading the body)
+        if it is over `max_bytes`."""
         raise NotImplementedError
 
     async def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         """Write `key`; with `if_absent`, only if it does not exist (False if it did)."""
-        raise NotImplementedError
-
-    async def _size(self, key: str) -> int | None:
         raise NotImplementedError
 
     async def _list(self, prefix: str) -> list[str]:
@@ -166,18 +171,22 @@ class ObjectModelStore:
             raise not_found(env_id, version, await self.list_versions(env_id))
         return decode_info(data)
 
-    async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int) -> tuple[ModelInfo, bytes]:
-        if version is None:
+    async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int,
+                        expected: ModelInfo | None = None) -> tuple[ModelInfo, bytes]:
+        """`expected` (e.g. from a model-published event) saves reading the metadata:
+        one request per reload."""
+        if expected is not None:
+            info = expected
+        elif version is None:
             info = await self.latest(env_id)
             if info is None:
                 raise not_found(env_id, None, [])
         else:
             info = await self.get_info(env_id, version)
-        size = await self._size(info.key)
-        if size is None:
-            raise not_found(env_id, info.version, await self.list_versions(env_id))
-        check_size(info, size, max_bytes)  # before downloading a byte of it
-        data = await self._get(info.key)
+        try:
+            data = await self._get(info.key, max_bytes=max_bytes)
+        except ObjectTooLarge as exc:
+            raise too_large(info, exc.size, max_bytes) from None
         if data is None:
             raise not_found(env_id, info.version, await self.list_versions(env_id))
         check_bytes(info, data)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from shared.config import StorageConfig
-from shared.model_store.base import ObjectModelStore
+from shared.model_store.base import ObjectModelStore, ObjectTooLarge
 
 
 class LocalModelStore(ObjectModelStore):
@@ -26,9 +26,12 @@ class LocalModelStore(ObjectModelStore):
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    async def _get(self, key: str) -> bytes | None:
+    async def _get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
+        path = self._path(key)
         try:
-            return await asyncio.to_thread(self._path(key).read_bytes)
+            if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+                raise ObjectTooLarge(size)
+            return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             return None
 
@@ -55,12 +58,6 @@ class LocalModelStore(ObjectModelStore):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-    async def _size(self, key: str) -> int | None:
-        try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            return None
 
     async def _list(self, prefix: str) -> list[str]:
         folder = self._path(prefix)

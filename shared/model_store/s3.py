@@ -11,7 +11,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import StorageConfig
-from shared.model_store.base import ObjectModelStore, StoreUnavailable
+from shared.model_store.base import ObjectModelStore, ObjectTooLarge, StoreUnavailable
 
 
 class S3ModelStore(ObjectModelStore):
@@ -79,7 +79,7 @@ class S3ModelStore(ObjectModelStore):
                 raise StoreUnavailable(f"{self._where()} unreachable: {type(exc).__name__}") from None
             raise
 
-    async def _get(self, key: str) -> bytes | None:
+    async def _get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
         try:
             response = await self._call(self._s3.get_object, Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -87,7 +87,13 @@ class S3ModelStore(ObjectModelStore):
                 return None
             raise StoreUnavailable(f"{self._where()}: get {key}: {_code(exc)}") from None
         async with response["Body"] as body:
-            return await body.read()
+            # The length header arrives before the body: refuse an oversized object unread.
+            if max_bytes is not None and response["ContentLength"] > max_bytes:
+                raise ObjectTooLarge(response["ContentLength"])
+            try:
+                return await body.read()
+            except (BotoCoreError, OSError) as exc:
+                raise StoreUnavailable(f"{self._where()}: get {key}: {type(exc).__name__}") from None
 
     async def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
@@ -98,15 +104,6 @@ class S3ModelStore(ObjectModelStore):
                 return False
             raise StoreUnavailable(f"{self._where()}: put {key}: {_code(exc)}") from None
         return True
-
-    async def _size(self, key: str) -> int | None:
-        try:
-            head = await self._call(self._s3.head_object, Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise StoreUnavailable(f"{self._where()}: head {key}: {_code(exc)}") from None
-        return int(head["ContentLength"])
 
     async def _list(self, prefix: str) -> list[str]:
         keys, token = [], None
