@@ -6,6 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "up": ("cartridge.up", "run the whole pipeline on this machine, no services needed"),
     "actor": ("services.actor.__main__", "run self-play and publish games (RabbitMQ)"),
     "ingest": ("services.ingest.__main__", "store published games in PostgreSQL"),
     "trainer": ("services.trainer.__main__", "train from the replay buffer, publish models"),

@@ -221,9 +221,11 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Read `path` (default: the repo's config.toml if present), apply environment and
-    explicit overrides (e.g. from command-line flags), validate, return a `Config`."""
+    """Read `path` (default: the repo's config.toml if present), then `defaults` (a
+    command's own, e.g. `cartridge up`'s embedded back ends), then the environment, then
+    explicit overrides (e.g. from command-line flags); validate; return a `Config`."""
     environ = os.environ if environ is None else environ
     if path is None:
         path = environ.get("CARTRIDGE_CONFIG") or (
@@ -239,6 +241,8 @@ def load_config(
             raise ConfigError(f"config file {path}: {exc}") from None
 
     sections = _sections()
+    for section, values in (defaults or {}).items():
+        raw.setdefault(section, {}).update(values)
     strings: dict[str, dict[str, Any]] = {}  # values that came as text and may need coercion
     for layer in (_env_overrides(environ), overrides or {}):
         for section, values in layer.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -53,6 +53,8 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     flushes: int = 0
+    settled: int = 0  # messages acked after their commit, or dead-lettered
+    actor_models: dict[str, int] = field(default_factory=dict)  # newest model seen per actor
     first_delivery_at: float | None = None  # monotonic clock
     last_commit_at: float | None = None
 
@@ -151,7 +153,9 @@ class IngestService:
             log.error("dead-lettered message %s: %s", delivery.message_id, reason)
             await delivery.dead_letter(reason)
             self.stats.dead_lettered += 1
+            self.stats.settled += 1
             return None
+        self.stats.actor_models[batch.actor_id] = int(rows.model_version.max())
         return Pending(delivery, batch.batch_id, batch.actor_id, rows)
 
     async def _flush(self, pending: list[Pending], stop: asyncio.Event) -> bool:
@@ -179,5 +183,6 @@ class IngestService:
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
+        self.stats.settled += len(pending)
         self.stats.last_commit_at = time.monotonic()
         return True

@@ -66,6 +66,7 @@ class TrainerService:
         self.version = 0
         self.cycles_done = 0
         self.last_losses: StepLosses | None = None
+        self.replay_size = 0  # positions in the replay buffer, as last seen
 
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
         """Train until `stop` is set, or for `cycles` cycles."""
@@ -104,7 +105,7 @@ class TrainerService:
     async def _wait_for_data(self, replay, stop: asyncio.Event) -> bool:
         needed = self.config.training.min_transitions
         while not stop.is_set():
-            have = await replay.count(self.game.env_id)
+            have = self.replay_size = await replay.count(self.game.env_id)
             if have >= needed:
                 return True
             log.info("waiting for data: %d of %d positions in the replay buffer", have, needed)
@@ -120,6 +121,7 @@ class TrainerService:
         end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
         while self.step < end_step and not stop.is_set():
             added = await self.window.refresh(replay)
+            self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
             log.debug("refreshed window (+%d rows), step %d", added, self.step)

@@ -46,6 +46,7 @@ class MemoryBus:
         self._tags = 0
         self._subscribers: list[asyncio.Queue[bytes]] = []
         self.dead_letters: list[tuple[bytes, str]] = []
+        self.published = 0  # transition messages ever published
 
     async def __aenter__(self) -> "MemoryBus":
         return self
@@ -57,6 +58,7 @@ class MemoryBus:
         return self._queue.qsize()
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
+        self.published += 1
         self._queue.put_nowait((body, message_id))
 
     async def consume_transitions(self, prefetch: int) -> AsyncIterator[MemoryDelivery]:

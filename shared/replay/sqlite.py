@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 from shared.config import StorageConfig
@@ -38,7 +39,16 @@ class SqliteReplay:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL does not wait for a busy file (ingest and trainer open it at
+        # the same moment): retry for a few seconds.
+        for attempt in range(100):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(f"""
             CREATE TABLE IF NOT EXISTS {self.table} (

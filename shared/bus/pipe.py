@@ -1,0 +1,134 @@
+"""The bus across a pipe, for actors in worker processes of `cartridge up`.
+
+The worker's side (`PipeBus`) talks to the parent's in-process bus over its stdin and
+stdout as length-prefixed frames of plain bytes (no pickle):
+    T <32-char message id> <body>   worker -> parent: publish a transition batch
+    C <32-char message id>          parent -> worker: that batch is on the bus (confirm)
+    E <body>                        parent -> worker: a control event
+The parent's side (`serve_pipe`) forwards T frames to its bus and confirms them, and
+forwards every event of its own subscription as E frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+from typing import AsyncIterator
+
+HEADER = struct.Struct(">IB")  # payload length, frame kind
+ID_LEN = 32
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """`(kind, payload)`, or None at end of stream."""
+    try:
+        length, kind = HEADER.unpack(await reader.readexactly(HEADER.size))
+        return bytes([kind]), await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        return None
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), kind[0]) + payload
+
+
+def pad_id(message_id: str) -> bytes:
+    raw = message_id.encode()
+    if len(raw) != ID_LEN:
+        raise ValueError(f"message ids on the pipe are {ID_LEN} characters, got {message_id!r}")
+    return raw
+
+
+class PipeBus:
+    """The worker's bus: publishes through the parent, receives the parent's events."""
+
+    def __init__(self, reader: asyncio.StreamReader | None = None, writer: asyncio.StreamWriter | None = None,
+                 closed: asyncio.Event | None = None):
+        """`closed` is set when the parent goes away (a worker should then stop)."""
+        self._reader, self._writer = reader, writer
+        self.closed = closed or asyncio.Event()
+        self._confirms: dict[bytes, asyncio.Future] = {}
+        self._events: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pump: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "PipeBus":
+        if self._reader is None:
+            self._reader, self._writer = await _stdio_streams()
+        self._pump = asyncio.create_task(self._receive())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
+    async def _receive(self) -> None:
+        while (got := await read_frame(self._reader)) is not None:
+            kind, payload = got
+            if kind == b"C":
+                future = self._confirms.pop(payload, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif kind == b"E":
+                self._events.put_nowait(payload)
+        self.closed.set()
+        for future in self._confirms.values():  # the parent is gone: nothing will confirm
+            if not future.done():
+                future.set_exception(ConnectionError("parent process closed the pipe"))
+
+    async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
+        key = pad_id(message_id)
+        future = self._confirms[key] = asyncio.get_running_loop().create_future()
+        self._writer.write(frame(b"T", key + body))
+        await self._writer.drain()
+        await future
+
+    async def consume_transitions(self, prefetch: int):
+        raise NotImplementedError("a worker's pipe only publishes transitions")
+
+    async def pending_transitions(self) -> int:
+        raise NotImplementedError("a worker's pipe only publishes transitions")
+
+    async def publish_event(self, body: bytes) -> None:
+        raise NotImplementedError("workers do not publish events")
+
+    async def subscribe_events(self) -> AsyncIterator[bytes]:
+        return self._event_stream()
+
+    async def _event_stream(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self._events.get()
+
+
+async def _stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+async def serve_pipe(bus, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The parent's side for one worker: until the worker's stdout closes, forward its
+    transition batches to `bus` (confirming each) and `bus`'s events to the worker."""
+    events = await bus.subscribe_events()
+
+    async def forward_events() -> None:
+        async for body in events:
+            writer.write(frame(b"E", body))
+            await writer.drain()
+
+    forwarder = asyncio.create_task(forward_events())
+    try:
+        while (got := await read_frame(reader)) is not None:
+            kind, payload = got
+            if kind == b"T":
+                key, body = payload[:ID_LEN], payload[ID_LEN:]
+                await bus.publish_transitions(body, message_id=key.decode())
+                writer.write(frame(b"C", key))
+                await writer.drain()
+    except (ConnectionError, BrokenPipeError):
+        pass  # the worker died; what it had not published is lost with it, whole games only
+    finally:
+        forwarder.cancel()
