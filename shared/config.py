@@ -67,9 +67,9 @@ class MCTSConfig(_Section):
     tree_reuse: bool = True
     """Keep the subtree of the move played as the next search's root."""
     resign_enabled: bool = False
-    """Let a side resign when its root value falls below `resign_threshold`."""
+    """Let a side resign when its best move's value falls below `resign_threshold`."""
     resign_threshold: Annotated[float, Meta(ge=-1, le=0)] = -0.95
-    """Root value (side to move's view) under which it resigns."""
+    """Value of the best root move (side to move's view) under which it resigns."""
     fpu_reduction: Annotated[float, Meta(ge=0)] = 0.25
     """First-play urgency: unvisited children start at the parent's value minus this."""
 
@@ -127,10 +127,10 @@ class StorageConfig(_Section):
     """Bucket for models and checkpoints (created if missing)."""
     s3_region: str = "us-east-1"
     """Region sent to the endpoint."""
-    s3_access_key: str = "minioadmin"
-    """Access key; set through the environment in deployments."""
-    s3_secret_key: str = "minioadmin"
-    """Secret key; set through the environment in deployments."""
+    s3_access_key: str = ""
+    """Access key (set it through the environment); empty: the usual AWS credential chain."""
+    s3_secret_key: str = ""
+    """Secret key (set it through the environment); empty: the usual AWS credential chain."""
     local_model_dir: str = "runs/models"
     """Directory for the `local` model store."""
     max_model_bytes: PositiveInt = 64 * 1024 * 1024

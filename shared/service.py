@@ -45,10 +45,10 @@ def run_service(service: Service, parser: argparse.ArgumentParser, argv: list[st
                 flag_overrides: Callable[[argparse.Namespace], dict] | None = None,
                 defaults: dict | None = None) -> int:
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.set)
-    for section, values in (flag_overrides(args) if flag_overrides else {}).items():
-        overrides.setdefault(section, {}).update(values)
     try:
+        overrides = parse_overrides(args.set)
+        for section, values in (flag_overrides(args) if flag_overrides else {}).items():
+            overrides.setdefault(section, {}).update(values)
         config = load_config(args.config, overrides=overrides, defaults=defaults)
     except ConfigError as exc:
         print(f"{parser.prog}: configuration error: {exc}", file=sys.stderr)

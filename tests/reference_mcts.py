@@ -1,9 +1,25 @@
-"""A deliberately plain single-game PUCT search, one Python object per node.
+"""A deliberately plain single-game PUCT search: one Python object per node, no batching.
 
-It follows BatchedMCTS's rules exactly (root evaluated first and not counted as a
-simulation; first-play urgency; sqrt(n + 1) exploration; ties to the lowest action;
-values backed up with alternating signs), using the same numpy arithmetic per node, so
-the two must agree visit for visit.
+It follows `BatchedMCTS`'s rules exactly, so the two can be compared visit for visit:
+
+- a fresh root is evaluated first, and that evaluation is not a simulation; then each
+  simulation adds one visit to a root edge, descending from the root while the chosen
+  child exists and is not terminal;
+- PUCT at a node (edge statistics from the side to move at that node):
+  `parent_q = (node_value + sum w) / (sum n + 1)`; `q = w / n`, or `parent_q -
+  fpu_reduction` for an unvisited edge; `u = c_puct * prior * sqrt(sum n + 1) / (1 + n)`;
+  illegal moves score -inf; ties go to the lowest action (numpy argmax);
+- a new leaf gets `priors = softmax(logits)` over its legal moves and `node_value` = the
+  network's value; a new child that ends the game is terminal, worth -1 (its side to move
+  lost) or 0 (draw), and is never evaluated;
+- backup: the leaf's value `v` is from its side to move; the edge just above it gets
+  `-v`, the next `+v`, alternating up to the root;
+- root noise: `prior = (1 - eps) * prior + eps * noise`, the noise multiplied by the
+  legal mask and normalised; the caller passes the noise (no random numbers in here).
+
+Per node the arithmetic uses numpy arrays of the node's edges with the same dtypes as
+`BatchedMCTS` (int32 visits, float32 values and priors) so float rounding, and therefore
+tie breaking, is identical. Nothing is imported from `shared.search`.
 """
 
 from __future__ import annotations
@@ -11,70 +27,133 @@ from __future__ import annotations
 import numpy as np
 
 from shared.config import MCTSConfig
-from shared.search.mcts import masked_softmax
 
 
 class Node:
     def __init__(self, board: np.ndarray):
-        self.board = board
+        self.board = board  # int8 [H, W], side to move relative
         self.children: dict[int, Node] = {}
+        self.expanded = False
         self.terminal = False
         self.terminal_value = np.float32(0)
-        self.value = np.float32(0)
-        self.prior = self.legal = None
-        self.n = self.w = None
+        self.value = np.float32(0)  # network value, the node's side to move's view
+        self.legal: np.ndarray | None = None  # bool [A]
+        self.prior: np.ndarray | None = None  # float32 [A]
+        self.n: np.ndarray | None = None  # int32 [A] edge visits
+        self.w: np.ndarray | None = None  # float32 [A] edge value sums
+
+    def size(self) -> int:
+        """Nodes in this subtree, this one included."""
+        return 1 + sum(c.size() for c in self.children.values())
 
 
-def evaluate(game, evaluator, node: Node) -> np.float32:
-    logits, value = evaluator(game.observe(node.board[None]))
-    node.legal = game.legal_mask(node.board[None])[0]
-    node.prior = masked_softmax(logits, node.legal[None])[0].astype(np.float32)
-    node.value = np.float32(value[0])
-    node.n = np.zeros(game.num_actions, np.int32)
-    node.w = np.zeros(game.num_actions, np.float32)
-    return node.value
+def softmax_over_legal(logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    z = np.where(legal, logits, -np.inf)
+    z = z - z.max()
+    p = np.exp(z)
+    return p / p.sum()
 
 
-def select(node: Node, cfg: MCTSConfig) -> int:
-    n, w = node.n[None], node.w[None]
-    n_total = n.sum(axis=1)
-    parent_q = (np.array([node.value], np.float32) + w.sum(axis=1)) / (n_total + 1)
-    q = np.where(n > 0, w / np.maximum(n, 1), (parent_q - cfg.fpu_reduction)[:, None])
-    u = cfg.c_puct * node.prior[None] * (np.sqrt(n_total + 1)[:, None] / (1 + n))
-    return int(np.where(node.legal[None], q + u, -np.inf).argmax(axis=1)[0])
+def mix_noise(prior: np.ndarray, legal: np.ndarray, noise: np.ndarray, eps: float) -> np.ndarray:
+    noise = noise * legal
+    noise = noise / noise.sum()
+    return ((1 - eps) * prior + eps * noise).astype(np.float32)
 
 
-def reference_search(game, evaluator, board: np.ndarray, cfg: MCTSConfig, noise: np.ndarray | None = None) -> Node:
-    root = Node(board)
-    evaluate(game, evaluator, root)
-    if noise is not None:
-        legal = root.legal[None]
-        mixed = noise[None] * legal
-        mixed = mixed / mixed.sum(axis=1, keepdims=True)
-        prior = root.prior[None].copy()
-        prior[:] = (1 - cfg.dirichlet_epsilon) * prior + cfg.dirichlet_epsilon * mixed
-        root.prior = prior[0]
-    for _ in range(cfg.num_simulations):
-        node, path = root, []
+def puct_choice(node: Node, cfg: MCTSConfig) -> int:
+    n, w = node.n, node.w
+    n_total = n.sum()
+    parent_q = (node.value + w.sum()) / (n_total + 1)
+    q = np.where(n > 0, w / np.maximum(n, 1), parent_q - cfg.fpu_reduction)
+    u = cfg.c_puct * node.prior * (np.sqrt(n_total + 1) / (1 + n))
+    score = np.where(node.legal, q + u, -np.inf)
+    return int(np.argmax(score))
+
+
+class ReferenceMCTS:
+    """One game's search tree. `start` a position, `run` to `num_simulations`,
+    `advance` to a child (tree reuse) and `run` again to top it up."""
+
+    def __init__(self, game, cfg: MCTSConfig, evaluator):
+        self.game, self.cfg, self.evaluator = game, cfg, evaluator
+        self.root: Node | None = None
+        self.evaluations = 0
+
+    # -- tree ---------------------------------------------------------------------
+    def start(self, board: np.ndarray, noise: np.ndarray | None = None) -> Node:
+        self.root = Node(np.array(board, np.int8))
+        self._evaluate(self.root)
+        self._noise(noise)
+        return self.root
+
+    def advance(self, action: int, noise: np.ndarray | None = None) -> bool:
+        """Play `action` at the root; keep its subtree if it exists (returns whether it
+        did), else start a fresh tree from the position after it."""
+        child = self.root.children.get(action)
+        if child is not None and child.expanded:
+            self.root = child
+            self._noise(noise)
+            return True
+        board, _, _ = self.game.play(self.root.board[None], np.array([action]))
+        self.start(board[0], noise)
+        return False
+
+    # -- search -------------------------------------------------------------------
+    def run(self) -> Node:
+        while self.root.n.sum() < self.cfg.num_simulations:
+            self.simulate()
+        return self.root
+
+    def simulate(self) -> None:
+        node, path = self.root, []
         while True:
-            a = select(node, cfg)
+            a = puct_choice(node, self.cfg)
             path.append((node, a))
             child = node.children.get(a)
             if child is None:
-                board, done, value = game.play(node.board[None], np.array([a]))
+                board, done, value = self.game.play(node.board[None], np.array([a]))
                 child = node.children[a] = Node(board[0])
                 if done[0]:
-                    child.terminal, child.terminal_value = True, np.float32(value[0])
+                    child.terminal = True
+                    child.terminal_value = np.float32(value[0])
                     leaf_value = child.terminal_value
                 else:
-                    leaf_value = evaluate(game, evaluator, child)
+                    leaf_value = self._evaluate(child)
                 break
             if child.terminal:
                 leaf_value = child.terminal_value
                 break
             node = child
-        for k, (node, a) in enumerate(path):
-            sign = np.float32(-1.0 if (len(path) - k) % 2 == 1 else 1.0)
+        # The edge just above the leaf belongs to the leaf's opponent: -v, then +v, ...
+        for k, (node, a) in enumerate(reversed(path)):
+            sign = np.float32(-1.0 if k % 2 == 0 else 1.0)
             node.n[a] += 1
             node.w[a] += sign * leaf_value
-    return root
+
+    # -- results ------------------------------------------------------------------
+    def root_value(self) -> float:
+        r = self.root
+        return float((r.w.sum() + r.value) / (r.n.sum() + 1))
+
+    def _evaluate(self, node: Node) -> np.float32:
+        logits, value = self.evaluator(self.game.observe(node.board[None]))
+        self.evaluations += 1
+        node.legal = self.game.legal_mask(node.board[None])[0]
+        node.prior = softmax_over_legal(np.asarray(logits)[0], node.legal).astype(np.float32)
+        node.value = np.float32(np.asarray(value)[0])
+        node.n = np.zeros(self.game.num_actions, np.int32)
+        node.w = np.zeros(self.game.num_actions, np.float32)
+        node.expanded = True
+        return node.value
+
+    def _noise(self, noise: np.ndarray | None) -> None:
+        if noise is not None and self.cfg.dirichlet_epsilon > 0:
+            r = self.root
+            r.prior = mix_noise(r.prior, r.legal, noise, self.cfg.dirichlet_epsilon)
+
+
+def reference_search(game, evaluator, board: np.ndarray, cfg: MCTSConfig, noise: np.ndarray | None = None) -> Node:
+    """A whole search from a fresh root; returns the root (`.n`, `.w`, `.children`)."""
+    ref = ReferenceMCTS(game, cfg, evaluator)
+    ref.start(board, noise)
+    return ref.run()

@@ -93,3 +93,15 @@ def test_service_exits_2_naming_the_key():
     )
     assert result.returncode == 2
     assert "batch_size" in result.stderr
+
+
+def test_readme_configuration_table_matches_the_config_structs():
+    """Every key, default, variable and description in the README comes from
+    shared/config.py (regenerate with `python scripts/config_table.py`)."""
+    from pathlib import Path
+    table = subprocess.run([sys.executable, "scripts/config_table.py"], capture_output=True,
+                           text=True, check=True).stdout.strip().splitlines()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    assert len(table) > 40
+    missing = [row for row in table if row not in readme]
+    assert not missing, "README configuration table is stale:\n" + "\n".join(missing)

@@ -1,10 +1,10 @@
 """The actor service: self-play that never stops, games out to RabbitMQ, models in from
 model events.
 
-Lifecycle, in order: connect to the broker and model store (with retries), declare the
-topology, load the newest model, then run two tasks until stopped:
-- self-play: `SelfPlay.step()` in a worker thread (the event loop stays free), finished
-  games published with confirms;
+Lifecycle, in order: open the bus (RabbitMQ: connect with retries, declare the topology)
+and the model store, load the newest model, then run two tasks until stopped:
+- self-play: `SelfPlay.step()` in a low-priority worker thread (the event loop stays
+  free and wins the CPU when a model arrives), finished games published with confirms;
 - events: this actor's own queue on the models exchange; every event may swap the model
   between two search steps.
 On stop (SIGTERM/SIGINT) games in progress are dropped whole, and what was published is
@@ -17,10 +17,9 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 from services.actor.publisher import GamePublisher
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
 DRAIN_TIMEOUT_S = 30.0
-GIL_SWITCH_S = 0.0005
 SELFPLAY_NICENESS = 10  # self-play is background work: control-plane threads go first
 
 
@@ -78,9 +76,6 @@ class ActorService:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         cfg = self.config
-        # Self-play runs in a worker thread; a short GIL switch interval lets the event
-        # loop answer a model event within a millisecond instead of five.
-        sys.setswitchinterval(GIL_SWITCH_S)
         async with self.bus, self.store as store:
             self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)

@@ -1,15 +1,19 @@
 """The ingest service: transition messages in, one binary COPY per flush out, exactly once.
 
-Lifecycle: open the bus and the replay store (creating or migrating its schema), consume
-with a prefetch window, then loop:
-- each message is decoded and checked; one that cannot be used is dead-lettered at once
-  with the reason (the others keep going);
-- good messages gather until `flush_rows` rows or `flush_ms` milliseconds, then one
-  transaction stores them (batch ids already stored are skipped) and only after its
-  commit are they acked. If the database is down the flush is retried with backoff and
-  nothing is acked, so nothing is lost.
-On stop: stop taking messages, flush and ack what is in hand, close. `burst=True` exits
-once the queue is empty and everything is stored (tests and benchmarks need no sleeps).
+Lifecycle:
+1. open the bus (RabbitMQ: connect, declare the topology) and the replay store (create
+   or migrate its schema); consume the transitions queue with `ingest.prefetch` messages
+   unacknowledged at most;
+2. loop: decode each message as it comes and gather them until `flush_rows` rows or
+   `flush_ms` milliseconds. Then check the flush's contents at once (`checks.py`),
+   dead-letter each unusable message with the reason (the others carry on), store the
+   good ones in one transaction (batch ids stored before are skipped) and only after
+   its commit ack them. While one flush commits, the next one gathers. If the database
+   is away the flush is retried with backoff and nothing is acked: nothing is lost;
+3. on stop (SIGTERM/SIGINT in `__main__`): take no more messages, store and ack what is
+   in hand, cancel the consumer, close; whatever the broker sent meanwhile goes back to
+   the queue unacked. `burst=True` also ends once the queue is empty and everything is
+   stored (tests, benchmarks and draining a backlog need no sleeps).
 """
 
 from __future__ import annotations
@@ -21,38 +25,42 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from services.ingest.checks import check_many
+from shared.bus.rabbitmq import CONNECTION_LOST
 from shared.bus import Bus, Delivery, RabbitBus
 from shared.config import Config
 from shared.games import get_game
-from shared.messages import MessageError, decode_transitions
+from shared.messages import MessageError, TransitionBatch, decode_transitions
 from shared.replay import Replay, open_replay
-from shared.transitions import Transitions, from_batch
+from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
-RETRY_DELAYS = (0.2, 0.5, 1, 2, 5)
-IDLE_CHECK_S = 0.2  # burst mode: how often an idle consumer asks if the queue is empty
-# Errors that mean "the database is away", not "this data is bad".
-DATABASE_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError)
+RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5)  # between attempts of a flush the database refused
+IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
+# A failed write: the database is away or refuses (connection lost, restarting, table
+# locked or missing, ...). Every message was checked before, so the data is not the
+# cause: keep the messages unacked and try again. Anything else is a bug and stops ingest.
+WRITE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
 
 @dataclass
 class Pending:
     delivery: Delivery
-    batch_id: str
-    actor_id: str
-    rows: Transitions
+    batch: TransitionBatch  # decoded, contents not checked yet
+    rows: Transitions | None = None  # once checked
 
 
 @dataclass
 class IngestStats:
     messages: int = 0
-    rows: int = 0
-    duplicates: int = 0
+    rows: int = 0  # rows stored (duplicates not counted)
+    duplicates: int = 0  # messages whose batch id was stored before
     dead_lettered: int = 0
     flushes: int = 0
+    write_failures: int = 0  # flush attempts the database refused (then retried)
     settled: int = 0  # messages acked after their commit, or dead-lettered
     actor_models: dict[str, int] = field(default_factory=dict)  # newest model seen per actor
     first_delivery_at: float | None = None  # monotonic clock
@@ -61,13 +69,14 @@ class IngestStats:
 
 class IngestService:
     def __init__(self, config: Config, *, bus: Bus | None = None, replay: Replay | None = None):
-        """`bus` and `replay` default to what `config` names."""
+        """`bus` and `replay` default to what `config` names (RabbitMQ, `storage`)."""
         self.config = config
         self.game = get_game(config.common.env_id)
         self.bus = bus or RabbitBus(config.broker, name="ingest")
         self.replay = replay or open_replay(config.storage, self.game)
         self.stats = IngestStats()
-        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.consuming = asyncio.Event()  # set once the store is open and consuming starts
+        self._inbox: asyncio.Queue = asyncio.Queue()  # deliveries, then END
 
     async def run(self, stop: asyncio.Event | None = None, burst: bool = False) -> None:
         stop = stop or asyncio.Event()
@@ -75,69 +84,78 @@ class IngestService:
             deliveries = await self.bus.consume_transitions(self.config.ingest.prefetch)
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
-                await self._flush_loop(stop, burst)
-                receiver.cancel()
-        log.info("ingest stopped: %d rows from %d messages stored, %d duplicates skipped, %d dead-lettered",
-                 self.stats.rows, self.stats.messages, self.stats.duplicates, self.stats.dead_lettered)
+                stopper = tasks.create_task(self._end_on(stop))
+                self.consuming.set()
+                try:
+                    await self._flush_loop(stop, burst, tasks)
+                finally:
+                    # Cancel the consumer only now, after the last ack: what arrived since
+                    # the stop goes back to the queue (on the in-process bus, cancelling
+                    # earlier would hand back the very messages being stored).
+                    receiver.cancel()
+                    stopper.cancel()
+        s = self.stats
+        log.info("ingest stopped: %d rows from %d messages stored, %d duplicate messages skipped, "
+                 "%d dead-lettered", s.rows, s.messages, s.duplicates, s.dead_lettered)
 
     async def _receive(self, deliveries) -> None:
-        # A task of its own, so waiting for the next flush deadline never cancels the
+        # A task of its own, so that waiting for a flush deadline never interrupts the
         # consumer mid-delivery.
-        async for delivery in deliveries:
-            self._inbox.put_nowait(delivery)
+        try:
+            async for delivery in deliveries:
+                self._inbox.put_nowait(delivery)
+        finally:
+            self._inbox.put_nowait(END)
 
-    async def _flush_loop(self, stop: asyncio.Event, burst: bool) -> None:
-        cfg = self.config.ingest
-        pending: list[Pending] = []
-        rows = 0
-        deadline = None
-        # One flush may be in flight while the next one gathers: decoding overlaps the COPY.
-        flushing: asyncio.Task[bool] | None = None
-        last_log, last_rows = time.monotonic(), 0
-        while True:
-            wait = IDLE_CHECK_S if deadline is None else max(deadline - time.monotonic(), 0)
-            delivery = await self._next(wait, stop)
-            if delivery is not None:
-                item = await self._accept(delivery)
-                if item is not None:
-                    pending.append(item)
-                    rows += len(item.rows)
-                    deadline = deadline or time.monotonic() + cfg.flush_ms / 1000
-            due = deadline is not None and time.monotonic() >= deadline
-            if pending and (rows >= cfg.flush_rows or due or stop.is_set()):
-                if flushing is not None and not await flushing:
-                    return  # stopped while the database was away: all handed back
-                flushing = asyncio.create_task(self._flush(pending, stop))
-                pending, rows, deadline = [], 0, None
-            idle = not pending and self._inbox.empty()
-            if idle and (stop.is_set() or burst):
-                if flushing is not None and not await flushing:
-                    return
-                flushing = None
-                if stop.is_set() or await self.bus.pending_transitions() == 0:
-                    return
-            now = time.monotonic()
-            if now - last_log >= PROGRESS_EVERY_S:
-                log.info("ingest: %.0f rows/s, %d rows stored, %d dead-lettered",
-                         (self.stats.rows - last_rows) / (now - last_log), self.stats.rows, self.stats.dead_lettered)
-                last_log, last_rows = now, self.stats.rows
+    async def _end_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("stopping: taking no more messages, storing what is in hand")
+        self._inbox.put_nowait(END)  # what is queued before this is in hand, the rest goes back
 
-    async def _next(self, wait: float, stop: asyncio.Event) -> Delivery | None:
+    async def _next(self, timeout: float):
+        """The next delivery (or END), or None if none came within `timeout` seconds."""
         if not self._inbox.empty():
             return self._inbox.get_nowait()
-        if stop.is_set():
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._inbox.get()
+        except TimeoutError:
             return None
-        get = asyncio.ensure_future(self._inbox.get())
-        stopped = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({get, stopped}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if get in done:
-            return get.result()
-        get.cancel()
-        return None
+
+    async def _flush_loop(self, stop: asyncio.Event, burst: bool, tasks: asyncio.TaskGroup) -> None:
+        cfg = self.config.ingest
+        pending: list[Pending] = []
+        rows, deadline, ended = 0, None, False
+        committing: asyncio.Task[bool] | None = None  # the previous flush, still committing
+        progress = _Progress(self.stats)
+        while True:
+            got = await self._next(IDLE_WAIT_S if deadline is None else max(deadline - time.monotonic(), 0))
+            if got is END:
+                ended = True
+            elif got is not None and (item := await self._accept(got)) is not None:
+                pending.append(item)
+                rows += item.batch.rows
+                deadline = deadline or time.monotonic() + cfg.flush_ms / 1000
+
+            due = deadline is not None and time.monotonic() >= deadline
+            if pending and (rows >= cfg.flush_rows or due or ended):
+                good = await self._check(pending)  # while the previous flush commits
+                if committing is not None and not await committing:  # stopped, database away
+                    return await self._hand_back([p.delivery for p in good] + self._rest_of_inbox())
+                committing = tasks.create_task(self._flush(good, stop)) if good else None
+                pending, rows, deadline = [], 0, None
+
+            if not pending and (ended or (burst and got is None)):
+                if committing is not None and not await committing:
+                    return await self._hand_back(self._rest_of_inbox())
+                committing = None
+                if ended or await self.bus.pending_transitions() == 0:
+                    return
+            progress.maybe_log()
 
     async def _accept(self, delivery: Delivery) -> Pending | None:
-        """Decode and check one message; dead-letter it (with the reason) if unusable."""
+        """Decode one message (its contents are checked with the whole flush);
+        dead-letter it if it is not a transition batch at all."""
         self.stats.messages += 1
         if self.stats.first_delivery_at is None:
             self.stats.first_delivery_at = time.monotonic()
@@ -146,43 +164,102 @@ class IngestService:
                 raise MessageError(
                     f"message of {len(delivery.body)} bytes exceeds max_message_bytes "
                     f"({self.config.broker.max_message_bytes})")
-            batch = decode_transitions(delivery.body)
-            rows = from_batch(batch, self.game)
+            return Pending(delivery, decode_transitions(delivery.body))
         except MessageError as exc:
-            reason = str(exc)
-            log.error("dead-lettered message %s: %s", delivery.message_id, reason)
-            await delivery.dead_letter(reason)
-            self.stats.dead_lettered += 1
-            self.stats.settled += 1
+            await self._dead_letter(delivery, exc)
             return None
-        self.stats.actor_models[batch.actor_id] = int(rows.model_version.max())
-        return Pending(delivery, batch.batch_id, batch.actor_id, rows)
 
-    async def _flush(self, pending: list[Pending], stop: asyncio.Event) -> bool:
-        """Store `pending` in one transaction, then ack; retried while the database is
-        away. False if stopped before it could be stored (then everything is nacked)."""
-        batches = [(p.batch_id, self.game.env_id, p.actor_id, p.rows) for p in pending]
-        for attempt in range(10**9):
+    async def _dead_letter(self, delivery: Delivery, reason: MessageError) -> None:
+        log.error("dead-lettering message %s: %s", delivery.message_id, reason)
+        try:
+            await delivery.dead_letter(str(reason))  # acked once the dead-letter copy is confirmed
+        except CONNECTION_LOST as exc:
+            log.warning("could not dead-letter message %s (%s); the broker will redeliver it",
+                        delivery.message_id, exc)
+            return
+        self.stats.dead_lettered += 1
+        self.stats.settled += 1
+
+    async def _check(self, pending: list[Pending]) -> list[Pending]:
+        """Check the contents of a flush's messages at once; dead-letter the unusable
+        ones (each with its reason) and return the others, with their rows."""
+        good = []
+        for p, checked in zip(pending, check_many([p.batch for p in pending], self.game)):
+            if isinstance(checked, MessageError):
+                await self._dead_letter(p.delivery, checked)
+            else:
+                p.rows = checked
+                good.append(p)
+                self.stats.actor_models[p.batch.actor_id] = int(checked.model_version.max())
+        return good
+
+    async def _flush(self, good: list[Pending], stop: asyncio.Event) -> bool:
+        """Store checked messages in one transaction, then ack them; retried while the
+        database is away. False if stopped before they could be stored (then they are
+        handed back)."""
+        batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
+        attempt = 0
+        while True:
             try:
                 result = await self.replay.write(batches)
                 break
-            except DATABASE_DOWN as exc:
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                log.warning("flush of %d messages failed (%s: %s); nothing acked, retrying in %ss",
-                            len(pending), type(exc).__name__, exc, delay)
+            except WRITE_ERRORS as exc:
+                self.stats.write_failures += 1
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                attempt += 1
+                log.warning("storing %d messages failed (%s: %s); nothing acked, retrying in %ss",
+                            len(good), type(exc).__name__, exc, delay)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
                     continue
-                for p in pending:
-                    await p.delivery.nack()
+                await self._hand_back([p.delivery for p in good])
                 return False
-        # Deliveries arrive in order and every earlier one is either in this flush, in an
-        # earlier flush (acked) or dead-lettered (acked): one multiple-ack covers the flush.
-        await pending[-1].delivery.ack(multiple=True)
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
-        self.stats.settled += len(pending)
+        self.stats.settled += len(good)
         self.stats.last_commit_at = time.monotonic()
+        # Committed: now ack. Deliveries arrive in order, and every earlier one is in
+        # this flush, was acked with an earlier flush, or was dead-lettered (acked):
+        # one multiple-ack settles the whole flush.
+        try:
+            await good[-1].delivery.ack(multiple=True)
+        except CONNECTION_LOST as exc:
+            log.warning("stored %d messages but could not ack them (%s); the broker will "
+                        "redeliver them and the batch ledger will skip them", len(good), exc)
         return True
+
+    async def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Give back messages that were not stored, for redelivery."""
+        for delivery in deliveries:
+            try:
+                await delivery.nack()
+            except CONNECTION_LOST:
+                return  # the broker requeues them all by itself
+        if deliveries:
+            log.info("handed %d unstored messages back to the queue", len(deliveries))
+
+    def _rest_of_inbox(self) -> list[Delivery]:
+        rest = []
+        while not self._inbox.empty():
+            if (item := self._inbox.get_nowait()) is not END:
+                rest.append(item)
+        return rest
+
+
+class _Progress:
+    """A one-line INFO progress report, at most every PROGRESS_EVERY_S, when busy."""
+
+    def __init__(self, stats: IngestStats):
+        self.stats = stats
+        self.at, self.rows, self.dead = time.monotonic(), 0, 0
+
+    def maybe_log(self) -> None:
+        now, s = time.monotonic(), self.stats
+        if now - self.at < PROGRESS_EVERY_S:
+            return
+        if s.rows != self.rows or s.dead_lettered != self.dead:
+            log.info("ingest: %.0f rows/s, %d rows stored, %d duplicate messages, %d dead-lettered",
+                     (s.rows - self.rows) / (now - self.at), s.rows, s.duplicates, s.dead_lettered)
+        self.at, self.rows, self.dead = now, s.rows, s.dead_lettered

@@ -12,7 +12,6 @@ and a stored version is never overwritten.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import time
@@ -95,12 +94,12 @@ class TrainerService:
             self.optimizer.load_state_dict(checkpoint.optimizer)
             self.step, self.version = checkpoint.step, checkpoint.version
             log.info("resumed from checkpoint: model %d, step %d", self.version, self.step)
-        latest = await store.latest(env_id)
-        if latest is not None and latest.version > self.version:
-            # A model was stored after the last checkpoint (e.g. a crash in between):
-            # never reuse its number.
-            log.info("store already has model %d; next version is %d", latest.version, latest.version + 1)
-            self.version = latest.version
+        # A version may have been claimed or stored after the last checkpoint (a crash in
+        # between, even half-way through an upload): never reuse its number.
+        newest = max(await store.list_versions(env_id), default=0)
+        if newest > self.version:
+            log.info("store already has model %d; next version is %d", newest, newest + 1)
+            self.version = newest
 
     async def _wait_for_data(self, replay, stop: asyncio.Event) -> bool:
         needed = self.config.training.min_transitions
@@ -143,17 +142,20 @@ class TrainerService:
         return losses
 
     async def _put_model(self, store, version: int, onnx_bytes: bytes) -> ModelInfo:
-        try:
-            return await store.put_model(
-                self.game.env_id, version, onnx_bytes, step=self.step,
-                metadata={"blocks": str(self.config.network.blocks), "channels": str(self.config.network.channels)},
-            )
-        except VersionExists:
-            # An earlier attempt may have stored it before its reply was lost.
-            info = await store.get_info(self.game.env_id, version)
-            if info.sha256 != hashlib.sha256(onnx_bytes).hexdigest():
-                raise
-            return info
+        """Store the model as `version`, or as the next free number if another writer
+        took that one (versions are claimed once and never overwritten). Retrying the
+        same bytes after a lost reply completes the earlier upload (see `put_model`)."""
+        env_id = self.game.env_id
+        while True:
+            try:
+                return await store.put_model(
+                    env_id, version, onnx_bytes, step=self.step,
+                    metadata={"blocks": str(self.config.network.blocks),
+                              "channels": str(self.config.network.channels)},
+                )
+            except VersionExists as exc:
+                version = max(max(await store.list_versions(env_id), default=0), version) + 1
+                log.warning("%s; storing this model as version %d instead", exc, version)
 
     async def _retrying(self, call, stop: asyncio.Event):
         """`await call()`, retried with backoff while the store is unavailable;
@@ -173,14 +175,14 @@ class TrainerService:
     async def _publish(self, store, stop: asyncio.Event) -> ModelInfo | None:
         """Export, upload, checkpoint, announce. Store outages are retried until `stop`."""
         onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
-        version = self.version + 1
+        info = await self._retrying(lambda: self._put_model(store, self.version + 1, onnx_bytes), stop)
+        if info is None:
+            return None
+        version = info.version
         checkpoint = Checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             step=self.step, version=version, data_cursor=self.window.last_id,
         )
-        info = await self._retrying(lambda: self._put_model(store, version, onnx_bytes), stop)
-        if info is None:
-            return None
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
             data = await asyncio.to_thread(checkpoint.to_bytes)
             if await self._retrying(lambda: store.put_checkpoint(self.game.env_id, version, data), stop) is None:

@@ -83,13 +83,14 @@ class ConnectGame:
     # -- notation ----------------------------------------------------------------------
     def parse_moves(self, text: str) -> list[int]:
         text = text.strip()
+        symbols = "123456789"[: self.num_actions]  # ASCII only: str.isdigit() accepts '²', '٣'
         actions = []
         for i, ch in enumerate(text):
-            if not ch.isdigit() or not 1 <= int(ch) <= self.num_actions:
+            if ch not in symbols:
                 raise IllegalMove(
                     f"move {i + 1} of {text!r}: {ch!r} is not a move 1..{self.num_actions}"
                 )
-            actions.append(int(ch) - 1)
+            actions.append(symbols.index(ch))
         return actions
 
     def format_moves(self, actions) -> str:

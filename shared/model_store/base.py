@@ -1,16 +1,19 @@
 """Model versions and checkpoints: layout, metadata and checks common to every store.
 
 Layout under a bucket or directory (`<version>` is zero-padded so names sort):
-    <env_id>/models/<version>.onnx     the model
     <env_id>/models/<version>.json     its ModelInfo (sha256, size, step, ...)
+    <env_id>/models/<version>.onnx     the model
     <env_id>/latest.json               ModelInfo of the newest version
     <env_id>/checkpoints/<version>.pt  trainer state published with that version
-A version, once written, is never overwritten.
+A version, once written, is never overwritten. Its .json is written first, "only if
+absent": that record is the claim on the version number, and a model file is never
+visible without the sha256 that vouches for it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Protocol
 
@@ -26,6 +29,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     step: int = 0
     created_at: float = 0.0
     metadata: dict[str, str] = {}
+    """Free-form facts about the model (e.g. network shape), for people and tools."""
 
 
 class ModelNotFound(LookupError):
@@ -41,29 +45,51 @@ class StoreUnavailable(ConnectionError):
 
 
 class VersionExists(ValueError):
-    """That version is already stored; versions are never overwritten."""
+    """That version is already stored with other bytes; versions are never overwritten."""
+
+
+# -- layout -----------------------------------------------------------------------------
+
+_ENV_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def env_prefix(env_id: str) -> str:
+    """`connect4` -> `connect4/`; refuses names that could escape the store's root
+    (env ids also arrive in control events)."""
+    if not _ENV_ID.match(env_id) or ".." in env_id:
+        raise ValueError(f"invalid env_id {env_id!r}")
+    return f"{env_id}/"
+
+
+def _versioned(env_id: str, folder: str, version: int, suffix: str) -> str:
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"invalid model version {version!r}")
+    return f"{env_prefix(env_id)}{folder}/{version:08d}.{suffix}"
 
 
 def model_key(env_id: str, version: int) -> str:
-    return f"{env_id}/models/{version:08d}.onnx"
+    return _versioned(env_id, "models", version, "onnx")
 
 
 def info_key(env_id: str, version: int) -> str:
-    return f"{env_id}/models/{version:08d}.json"
-
-
-def latest_key(env_id: str) -> str:
-    return f"{env_id}/latest.json"
+    return _versioned(env_id, "models", version, "json")
 
 
 def checkpoint_key(env_id: str, version: int) -> str:
-    return f"{env_id}/checkpoints/{version:08d}.pt"
+    return _versioned(env_id, "checkpoints", version, "pt")
+
+
+def latest_key(env_id: str) -> str:
+    return f"{env_prefix(env_id)}latest.json"
 
 
 def version_of(key: str) -> int | None:
     """`.../00000012.onnx` -> 12 (None for names that are not versions)."""
     stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
     return int(stem) if stem.isdigit() else None
+
+
+# -- metadata and checks ----------------------------------------------------------------
 
 
 def make_info(env_id: str, version: int, data: bytes, step: int, metadata: dict[str, str] | None) -> ModelInfo:
@@ -78,8 +104,11 @@ def encode_info(info: ModelInfo) -> bytes:
     return msgspec.json.encode(info)
 
 
-def decode_info(data: bytes) -> ModelInfo:
-    return msgspec.json.decode(data, type=ModelInfo)
+def decode_info(data: bytes, key: str) -> ModelInfo:
+    try:
+        return msgspec.json.decode(data, type=ModelInfo)
+    except msgspec.DecodeError as exc:
+        raise ModelCorrupt(f"unreadable model metadata {key}: {exc}") from None
 
 
 def too_large(info: ModelInfo, size: int, max_bytes: int) -> ModelCorrupt:
@@ -98,34 +127,49 @@ def check_bytes(info: ModelInfo, data: bytes) -> None:
 
 
 def not_found(env_id: str, version: int | None, versions: list[int]) -> ModelNotFound:
-    what = "no model" if version is None else f"model version {version}"
+    what = f"no model of {env_id} exists" if version is None else f"model version {version} of {env_id} does not exist"
     newest = f"newest is {versions[-1]}" if versions else "none stored yet"
-    return ModelNotFound(f"{what} of {env_id} exists ({newest})")
+    return ModelNotFound(f"{what} ({newest})")
+
+
+# -- the interface ----------------------------------------------------------------------
 
 
 class ModelStore(Protocol):
+    """Where the trainer puts model versions and checkpoints and where actors get them.
+    Use as `async with open_model_store(config.storage) as store:`."""
+
     async def __aenter__(self) -> "ModelStore": ...
 
     async def __aexit__(self, *exc) -> None: ...
 
     async def put_model(self, env_id: str, version: int, data: bytes, *, step: int,
                         metadata: dict[str, str] | None = None) -> ModelInfo:
-        """Store a new version (VersionExists if it is there) and move `latest` forward."""
+        """Store a new version and move `latest` forward (never back). VersionExists if
+        the version holds other bytes; the same bytes again finish an interrupted put."""
 
-    async def latest(self, env_id: str) -> ModelInfo | None: ...
+    async def latest(self, env_id: str) -> ModelInfo | None:
+        """The newest version's info, None before the first one."""
 
-    async def get_info(self, env_id: str, version: int) -> ModelInfo: ...
+    async def get_info(self, env_id: str, version: int) -> ModelInfo:
+        """That version's info, or ModelNotFound."""
 
     async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int,
                         expected: ModelInfo | None = None) -> tuple[ModelInfo, bytes]:
-        """The model's bytes, size-limited and sha256-checked (against `expected` if
-        given, else the stored metadata); version None means the newest."""
+        """The model's bytes, size-limited before download and sha256-checked (against
+        `expected` if given, else the stored info); version None means the newest."""
 
-    async def list_versions(self, env_id: str) -> list[int]: ...
+    async def list_versions(self, env_id: str) -> list[int]:
+        """Every stored version, ascending."""
 
-    async def put_checkpoint(self, env_id: str, version: int, data: bytes) -> str: ...
+    async def put_checkpoint(self, env_id: str, version: int, data: bytes) -> str:
+        """Store trainer state for `version` (VersionExists if there); returns its key."""
 
-    async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None: ...
+    async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
+        """The highest-numbered checkpoint, None if there is none."""
+
+
+# -- the logic, shared by every back end ------------------------------------------------
 
 
 class ObjectTooLarge(Exception):
@@ -147,29 +191,39 @@ class ObjectModelStore:
         raise NotImplementedError
 
     async def _list(self, prefix: str) -> list[str]:
+        """Keys under `prefix`, in any order."""
         raise NotImplementedError
 
     async def put_model(self, env_id: str, version: int, data: bytes, *, step: int,
                         metadata: dict[str, str] | None = None) -> ModelInfo:
         info = make_info(env_id, version, data, step, metadata)
-        # Metadata first: a model object is only ever visible with its info beside it.
         if not await self._put(info_key(env_id, version), encode_info(info), if_absent=True):
-            raise VersionExists(f"model version {version} of {env_id} already exists")
-        await self._put(info.key, data)
+            stored = await self.get_info(env_id, version)
+            if stored.sha256 != info.sha256:
+                raise VersionExists(
+                    f"model version {version} of {env_id} already exists with other bytes "
+                    f"(sha256 {stored.sha256}); versions are never overwritten"
+                )
+            # The same bytes again: an earlier attempt may have stopped half-way
+            # (e.g. its connection dropped), so finish it rather than fail.
+            info = stored
+        await self._put(info.key, data, if_absent=True)
         latest = await self.latest(env_id)
         if latest is None or latest.version < version:
             await self._put(latest_key(env_id), encode_info(info))
         return info
 
     async def latest(self, env_id: str) -> ModelInfo | None:
-        data = await self._get(latest_key(env_id))
-        return None if data is None else decode_info(data)
+        key = latest_key(env_id)
+        data = await self._get(key)
+        return None if data is None else decode_info(data, key)
 
     async def get_info(self, env_id: str, version: int) -> ModelInfo:
-        data = await self._get(info_key(env_id, version))
+        key = info_key(env_id, version)
+        data = await self._get(key)
         if data is None:
             raise not_found(env_id, version, await self.list_versions(env_id))
-        return decode_info(data)
+        return decode_info(data, key)
 
     async def get_model(self, env_id: str, version: int | None = None, *, max_bytes: int,
                         expected: ModelInfo | None = None) -> tuple[ModelInfo, bytes]:
@@ -183,17 +237,23 @@ class ObjectModelStore:
                 raise not_found(env_id, None, [])
         else:
             info = await self.get_info(env_id, version)
+        if info.size > max_bytes:
+            raise too_large(info, info.size, max_bytes)
         try:
-            data = await self._get(info.key, max_bytes=max_bytes)
+            # The key is derived here, never taken from `expected` (it may come off the wire).
+            data = await self._get(model_key(env_id, info.version), max_bytes=max_bytes)
         except ObjectTooLarge as exc:
             raise too_large(info, exc.size, max_bytes) from None
         if data is None:
-            raise not_found(env_id, info.version, await self.list_versions(env_id))
+            raise ModelNotFound(
+                f"model version {info.version} of {env_id} has metadata but no model file "
+                f"(an interrupted upload?)"
+            )
         check_bytes(info, data)
         return info, data
 
     async def list_versions(self, env_id: str) -> list[int]:
-        keys = await self._list(f"{env_id}/models/")
+        keys = await self._list(f"{env_prefix(env_id)}models/")
         return sorted({v for k in keys if k.endswith(".json") and (v := version_of(k)) is not None})
 
     async def put_checkpoint(self, env_id: str, version: int, data: bytes) -> str:
@@ -203,8 +263,8 @@ class ObjectModelStore:
         return key
 
     async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
-        keys = await self._list(f"{env_id}/checkpoints/")
-        versions = sorted(v for k in keys if (v := version_of(k)) is not None)
+        keys = await self._list(f"{env_prefix(env_id)}checkpoints/")
+        versions = sorted(v for k in keys if k.endswith(".pt") and (v := version_of(k)) is not None)
         for version in reversed(versions):
             data = await self._get(checkpoint_key(env_id, version))
             if data is not None:

@@ -1,0 +1,176 @@
+"""compose.yaml, kept honest without a container engine: schema, scaling rules, and its
+app services' commands run as local processes against the real local services."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+APPS = ("ingest", "trainer", "actor")
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason="the Compose schema lives in ../shared/compose-spec (outside the repo)")
+def test_compose_file_matches_the_official_schema():
+    jsonschema.validate(COMPOSE, json.loads(SCHEMA.read_text()))
+
+
+def test_the_stack_has_every_service():
+    assert set(SERVICES) >= {"postgres", "rabbitmq", "minio", "minio-init", *APPS}
+    assert "management" in SERVICES["rabbitmq"]["image"]
+    assert {"5672:5672", "15672:15672"} <= set(SERVICES["rabbitmq"]["ports"])
+    assert {"9000:9000", "9001:9001"} <= set(SERVICES["minio"]["ports"])
+    assert any(v.startswith("pgdata:") for v in SERVICES["postgres"]["volumes"])
+    for name in ("postgres", "rabbitmq", "minio"):
+        assert "healthcheck" in SERVICES[name], name
+    assert SERVICES["trainer"]["restart"] == "unless-stopped"
+
+
+def test_actors_scale():
+    actor = SERVICES["actor"]
+    assert "container_name" not in actor and "ports" not in actor
+    assert "CARTRIDGE_ACTOR_ACTOR_ID" not in actor.get("environment", {})  # ids default to hostname-pid
+
+
+def test_app_services_wait_for_healthy_dependencies():
+    for name in APPS:
+        depends = SERVICES[name]["depends_on"]
+        assert isinstance(depends, dict), name
+        for dep, rule in depends.items():
+            expected = "service_completed_successfully" if dep == "minio-init" else "service_healthy"
+            assert rule["condition"] == expected, (name, dep)
+    assert SERVICES["trainer"]["depends_on"].keys() >= {"postgres", "rabbitmq", "minio-init"}
+
+
+def test_no_secret_in_compose_or_image():
+    text = (ROOT / "compose.yaml").read_text()
+    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD"):
+        # Every use of a password is a required variable, with no default value.
+        uses = re.findall(r"(?<!\$)\$\{" + var + r"([^}]*)\}", text)  # `$${..}`: the container's shell
+        assert uses and all(u.startswith(":?") for u in uses), var
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "PASSWORD" not in dockerfile and "SECRET" not in dockerfile
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+    assert "anonymous set none" in " ".join(SERVICES["minio-init"]["command"])
+    env_example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                       if line and not line.startswith("#"))
+    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD"} <= env_example.keys()
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR:?error}` and `$$`."""
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if name in env and env[name] != "":
+            return env[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name} is required: {arg}")
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, value).replace("$$", "$")
+
+
+def local_process(service: str, env: dict[str, str], hosts: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The service's command and environment as compose would give them, with the
+    compose hostnames mapped to the local servers."""
+    spec = SERVICES[service]
+    environment = {}
+    for key, value in spec["environment"].items():
+        value = interpolate(str(value), env)
+        for host, local in hosts.items():
+            value = value.replace(host, local)
+        environment[key] = value
+    return list(spec["command"]), environment
+
+
+@pytest.fixture
+def moto_server(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, tmp_path):
+    """ingest, trainer and three actors, started exactly as compose.yaml writes them,
+    until a model is published and every actor serves it."""
+    dotenv = {  # what a user's .env would hold, pointed at this machine's servers
+        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "unused-with-trust-auth",
+        "POSTGRES_DB": f"cartridge_compose_{test_id}",
+        "RABBITMQ_USER": "guest", "RABBITMQ_PASSWORD": "guest",
+        "MINIO_ROOT_USER": "testing", "MINIO_ROOT_PASSWORD": "testing-secret",
+        "MINIO_BUCKET": f"cartridge-compose-{test_id}",
+    }
+    hosts = {"@postgres:5432": "@127.0.0.1:5432", "@rabbitmq:5672": "@127.0.0.1:5672",
+             "http://minio:9000": moto_server}
+    # The test's own knobs: its own queues, and a small fast game, so it finishes quickly.
+    harness = {
+        "CARTRIDGE_BROKER_TRANSITIONS_QUEUE": broker_names["transitions_queue"],
+        "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": broker_names["dead_letter_exchange"],
+        "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": broker_names["dead_letter_queue"],
+        "CARTRIDGE_BROKER_MODELS_EXCHANGE": broker_names["models_exchange"],
+        "CARTRIDGE_COMMON_ENV_ID": "tictactoe", "CARTRIDGE_MCTS_NUM_SIMULATIONS": "16",
+        "CARTRIDGE_ACTOR_PARALLEL_GAMES": "16", "CARTRIDGE_TRAINING_MIN_TRANSITIONS": "200",
+        "CARTRIDGE_TRAINING_STEPS_PER_ITERATION": "20", "CARTRIDGE_TRAINING_BATCH_SIZE": "64",
+        "CARTRIDGE_NETWORK_BLOCKS": "1", "CARTRIDGE_NETWORK_CHANNELS": "16",
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
+    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
+    assert shutil.which("cartridge", path=base["PATH"])
+
+    procs, logs = {}, {}
+    try:
+        for name, service in [("ingest", "ingest"), ("trainer", "trainer"),
+                              ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor")]:
+            command, environment = local_process(service, dotenv, hosts)
+            logs[name] = tmp_path / f"{name}.log"
+            procs[name] = subprocess.Popen(
+                command, env={**base, **environment, **harness}, cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=open(logs[name], "w"))
+        deadline = time.monotonic() + 240
+        actors = [n for n in procs if n.startswith("actor")]
+        while time.monotonic() < deadline:
+            if all("Model updated to version 1" in logs[a].read_text() for a in actors):
+                break
+            crashed = [n for n, p in procs.items() if p.poll() is not None]
+            assert not crashed, {n: logs[n].read_text()[-2000:] for n in crashed}
+            time.sleep(0.5)
+        else:
+            pytest.fail("no model reached all actors: " + logs["trainer"].read_text()[-2000:])
+        assert "published model 1" in logs["trainer"].read_text()
+        ids = {re.search(r"actor (\S+) playing", logs[a].read_text())[1] for a in actors}
+        assert len(ids) == 3  # three distinct actor ids from hostname-pid
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = {n: p.wait(timeout=60) for n, p in procs.items()}
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
+                        f'DROP DATABASE IF EXISTS "{dotenv["POSTGRES_DB"]}" WITH (FORCE)'],
+                       capture_output=True)
+    assert all(code == 0 for code in codes.values()), codes  # SIGTERM: a clean exit

@@ -1,0 +1,506 @@
+"""Batched PUCT search against the plain reference search, tactics, value signs, tree
+reuse, and the self-play loop with every [mcts] option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference_mcts import ReferenceMCTS
+from services.actor.selfplay import SelfPlay
+from shared.config import MCTSConfig
+from shared.games import get_game
+from shared.inference import UniformEvaluator
+from shared.search.mcts import BatchedMCTS
+from shared.search.tree import Tree
+
+C4 = get_game("connect4")
+TTT = get_game("tictactoe")
+
+
+class HashEvaluator:
+    """A deterministic, non-uniform stand-in for the network: fixed random integer linear
+    maps of the observation. Integer arithmetic and one division per output make each
+    row's result independent of the batch it comes in, so batched and one-at-a-time
+    evaluation agree bit for bit."""
+
+    version = 0
+
+    def __init__(self, game, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        d = int(np.prod(game.obs_shape))
+        self.w_logits = rng.integers(-6, 7, size=(d, game.num_actions))
+        self.b_logits = rng.integers(-6, 7, size=game.num_actions)
+        self.w_value = rng.integers(-6, 7, size=d)
+        self.b_value = int(rng.integers(-3, 4))
+        self.rows = 0
+
+    def __call__(self, obs: np.ndarray):
+        x = obs.reshape(len(obs), -1).astype(np.int64)
+        self.rows += len(obs)
+        logits = ((x @ self.w_logits + self.b_logits) / 4).astype(np.float32)
+        value = (np.clip(x @ self.w_value + self.b_value, -12, 12) / 13).astype(np.float32)
+        return logits, value
+
+
+class FixedNoise:
+    """Stands in for `search.rng`: each `gamma` call returns the next given table (the
+    search multiplies it by the legal mask and normalises it)."""
+
+    def __init__(self, *tables: np.ndarray):
+        self.tables = list(tables)
+        self.alphas: list[float] = []
+
+    def gamma(self, alpha, size=None):
+        self.alphas.append(alpha)
+        table = self.tables.pop(0)
+        assert tuple(size) == table.shape, (size, table.shape)
+        return table.copy()
+
+
+def noise_table(rows: int, actions: int, seed: int) -> np.ndarray:
+    # Positive everywhere, also on illegal moves: the search must mask those out.
+    return np.random.default_rng(seed).gamma(0.5, size=(rows, actions)) + 1e-3
+
+
+def boards_of(game, positions):
+    return np.stack([game.position(p)[0] for p in positions])
+
+
+def run(search: BatchedMCTS, evaluator) -> int:
+    """Simulate until every active search is complete; returns the number of steps."""
+    steps = 0
+    while search.simulate(evaluator):
+        steps += 1
+        assert steps < 10_000
+    return steps
+
+
+def assert_same_tree(tree: Tree, slot: int, node: int, ref, *, root: bool = True):
+    """The batched subtree at (slot, node) equals the reference subtree, node by node."""
+    assert tree.expanded[slot, node]
+    assert np.array_equal(tree.boards[slot, node], ref.board)
+    assert tree.edge_visits[slot, node].tolist() == ref.n.tolist()
+    np.testing.assert_array_equal(tree.edge_value[slot, node], ref.w)
+    np.testing.assert_array_equal(tree.prior[slot, node], ref.prior)
+    assert tree.legal[slot, node].tolist() == ref.legal.tolist()
+    assert tree.node_value[slot, node] == ref.value
+    made = np.flatnonzero(tree.children[slot, node])
+    assert sorted(ref.children) == made.tolist()
+    for a, child in ref.children.items():
+        c = int(tree.children[slot, node, a])
+        assert tree.parent[slot, c] == node and c > node
+        assert bool(tree.terminal[slot, c]) == child.terminal
+        if child.terminal:
+            assert tree.terminal_value[slot, c] == child.terminal_value
+            assert not tree.expanded[slot, c]
+        else:
+            assert_same_tree(tree, slot, c, child, root=False)
+
+
+def assert_consistent(tree: Tree, slot: int):
+    """Structure of one tree: nodes 0..next_free-1 in use, each non-root node the child
+    of exactly one edge of its parent, depths from 0 at the root, nothing beyond."""
+    nf = int(tree.next_free[slot])
+    assert nf >= 1 and tree.depth[slot, 0] == 0 and tree.parent[slot, 0] == 0
+    children = tree.children[slot, :nf]
+    listed = children[children > 0]
+    assert sorted(listed.tolist()) == list(range(1, nf))  # each node once, none missing
+    for i in range(1, nf):
+        p = int(tree.parent[slot, i])
+        assert p < i
+        assert (tree.children[slot, p] == i).sum() == 1
+        assert tree.depth[slot, i] == tree.depth[slot, p] + 1
+    # Edge visits into a node are at least the visits below it (+1 for its creation).
+    for i in range(1, nf):
+        p = int(tree.parent[slot, i])
+        a = int(np.flatnonzero(tree.children[slot, p] == i)[0])
+        assert tree.edge_visits[slot, p, a] >= 1
+        if tree.expanded[slot, i]:
+            assert tree.edge_visits[slot, p, a] == 1 + tree.edge_visits[slot, i].sum()
+        else:
+            assert tree.terminal[slot, i]
+    for name in tree.node_arrays():  # nothing left behind in unused nodes
+        assert not getattr(tree, name)[slot, nf:].any(), name
+
+
+# -- batched search == reference search ------------------------------------------------------
+TTT_POSITIONS = ["", "5", "15", "1529", "152", "15397", "1234", "95"]
+C4_POSITIONS = ["", "4", "4453", "112233", "717263", "727364", "135564772", "4525455135342172", "1111112"]
+
+
+@pytest.mark.parametrize("game, positions", [(TTT, TTT_POSITIONS), (C4, C4_POSITIONS)], ids=["tictactoe", "connect4"])
+@pytest.mark.parametrize("sims", [10, 23, 50])
+@pytest.mark.parametrize("noise", [False, True], ids=["no-noise", "noise"])
+@pytest.mark.parametrize("params", [{}, {"c_puct": 0.6, "fpu_reduction": 0.0}], ids=["default", "c0.6-fpu0"])
+def test_batched_search_matches_reference(game, positions, sims, noise, params):
+    cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.25 if noise else 0.0, **params)
+    evaluator = HashEvaluator(game, seed=sims)
+    boards = boards_of(game, positions)
+    b = len(positions)
+    search = BatchedMCTS(game, cfg, b, np.random.default_rng(0))
+    table = noise_table(b, game.num_actions, seed=sims)
+    fixed = FixedNoise(table)
+    search.rng = fixed
+    search.start(np.arange(b), boards)  # every position in its own slot of one batch
+    steps = run(search, evaluator)
+    assert steps == sims + 1  # the root evaluation, then one simulation per step
+    assert search.root_visits().tolist() == [sims] * b
+    if noise:
+        assert fixed.alphas == [cfg.dirichlet_alpha] and not fixed.tables
+    else:
+        assert fixed.alphas == []
+    for slot, text in enumerate(positions):
+        ref = ReferenceMCTS(game, cfg, evaluator)
+        root = ref.start(boards[slot], table[slot] if noise else None)
+        ref.run()
+        assert search.tree.edge_visits[slot, 0].tolist() == root.n.tolist(), text
+        assert_same_tree(search.tree, slot, 0, root)
+        assert search.tree.next_free[slot] == root.size()
+        assert search.root_value(np.array([slot]))[0] == pytest.approx(ref.root_value(), abs=1e-6)
+        assert_consistent(search.tree, slot)
+        # Noise reached the root priors only, and only legal moves.
+        legal = game.legal_mask(boards[slot][None])[0]
+        assert not search.tree.prior[slot, 0][~legal].any()
+        np.testing.assert_allclose(search.tree.prior[slot, 0].sum(), 1, atol=1e-6)
+
+
+def test_noise_changes_the_root_priors_exactly_as_specified():
+    cfg = MCTSConfig(num_simulations=1, dirichlet_epsilon=0.4)
+    evaluator = HashEvaluator(C4, seed=1)
+    board = C4.position("1111112")[0]  # column 1 is full
+    table = noise_table(1, 7, seed=3)
+    search = BatchedMCTS(C4, cfg, 1, np.random.default_rng(0))
+    search.rng = FixedNoise(table)
+    search.start(np.array([0]), board[None])
+    search.simulate(evaluator)  # evaluates the root only
+    logits, _ = evaluator(C4.observe(board[None]))
+    legal = np.arange(7) != 0
+    p = np.exp(logits[0][legal] - logits[0][legal].max())
+    p /= p.sum()
+    noise = table[0][legal] / table[0][legal].sum()
+    expected = np.zeros(7)
+    expected[legal] = 0.6 * p + 0.4 * noise
+    np.testing.assert_allclose(search.tree.prior[0, 0], expected, rtol=1e-5)
+    assert search.tree.prior[0, 0, 0] == 0
+    assert search.root_visits()[0] == 0  # the root evaluation is not a simulation
+
+
+# -- tactics and value signs with a uniform evaluator ----------------------------------------
+def uniform_search(game, positions, sims=200):
+    cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.0)
+    search = BatchedMCTS(game, cfg, len(positions), np.random.default_rng(0))
+    search.start(np.arange(len(positions)), boards_of(game, positions))
+    run(search, UniformEvaluator(game))
+    return search
+
+
+@pytest.mark.parametrize(
+    "game, cases",
+    [
+        # (position, the one move that wins or saves the game, 1-based)
+        (C4, [("112233", 4), ("121212", 1), ("717263", 4), ("716171", 1), ("727364", None)]),
+        (TTT, [("1529", 3), ("152", 3), ("5127", 8), ("15397", None)]),
+    ],
+    ids=["connect4", "tictactoe"],
+)
+def test_uniform_search_wins_and_blocks_in_one(game, cases):
+    positions = [p for p, _ in cases]
+    search = uniform_search(game, positions)
+    policy = search.visit_policy(np.arange(len(positions)))
+    for slot, (position, move) in enumerate(cases):
+        if move is not None:
+            assert int(policy[slot].argmax()) + 1 == move, (position, policy[slot])
+
+
+@pytest.mark.parametrize(
+    "game, won, lost",
+    [
+        (C4, ["112233", "121212"], ["727364", "22334"]),  # the opponent threatens two columns
+        (TTT, ["1529", "5127"], ["15397"]),  # 15397: X threatens 2 and 4, O to move
+    ],
+    ids=["connect4", "tictactoe"],
+)
+def test_root_value_sign(game, won, lost):
+    search = uniform_search(game, won + lost)
+    values = search.root_value(np.arange(len(won) + len(lost)))
+    q = search.root_q(np.arange(len(won) + len(lost)))
+    for i, position in enumerate(won):
+        assert values[i] > 0.5, (position, values[i])
+        assert q[i] == pytest.approx(1.0)  # the winning edge is a sure win
+    for i, position in enumerate(lost, start=len(won)):
+        assert values[i] < -0.5, (position, values[i])
+        assert q[i] < -0.5
+
+
+# -- tree reuse --------------------------------------------------------------------------------
+def test_reuse_keeps_the_subtree_and_leaves_other_slots_alone():
+    cfg = MCTSConfig(num_simulations=40, dirichlet_epsilon=0.0)
+    evaluator = HashEvaluator(C4, seed=5)
+    positions = ["4453", "135564772"]
+    boards = boards_of(C4, positions)
+    search = BatchedMCTS(C4, cfg, 2, np.random.default_rng(0))
+    search.start(np.arange(2), boards)
+    run(search, evaluator)
+    t = search.tree
+
+    action = int(t.edge_visits[0, 0].argmax())
+    old_child = int(t.children[0, 0, action])
+    old_visits_into_child = int(t.edge_visits[0, 0, action])
+    old_edges = t.edge_visits[0, old_child].copy(), t.edge_value[0, old_child].copy(), t.prior[0, old_child].copy()
+    subtree, stack = [], [old_child]
+    while stack:
+        node = stack.pop()
+        subtree.append(node)
+        stack.extend(int(c) for c in t.children[0, node] if c)
+    old = {name: getattr(t, name)[0].copy() for name in t.node_arrays()}
+    slot1 = {name: getattr(t, name)[1].copy() for name in t.node_arrays()}
+
+    next_board, _, _ = C4.play(boards[:1], np.array([action]))
+    search.advance(np.array([0]), np.array([action]), next_board, reuse=True)
+
+    assert t.edge_visits[0, 0].tolist() == old_edges[0].tolist()
+    np.testing.assert_array_equal(t.edge_value[0, 0], old_edges[1])
+    np.testing.assert_array_equal(t.prior[0, 0], old_edges[2])
+    assert np.array_equal(t.boards[0, 0], next_board[0])
+    assert t.next_free[0] == len(subtree)
+    assert search.root_visits()[0] == t.edge_visits[0, 0].sum() == old_visits_into_child - 1
+    assert_consistent(t, 0)
+    # Every kept node carries its old data: follow the same action paths in both trees.
+    pairs = [(old_child, 0)]
+    while pairs:
+        o, n = pairs.pop()
+        for name in ("boards", "edge_visits", "edge_value", "node_value", "expanded", "terminal", "legal"):
+            assert np.array_equal(getattr(t, name)[0, n], old[name][o]), name
+        for a in np.flatnonzero(old["children"][o]):
+            pairs.append((int(old["children"][o, a]), int(t.children[0, n, a])))
+    for name, value in slot1.items():
+        assert np.array_equal(getattr(t, name)[1], value), name
+
+    # Topping up takes one step per missing visit: fewer than a fresh search's sims + 1.
+    steps = run(search, evaluator)
+    assert steps == cfg.num_simulations - (old_visits_into_child - 1) < cfg.num_simulations + 1
+    assert search.root_visits().tolist() == [40, 40]
+    assert_consistent(t, 0)
+    for name, value in slot1.items():
+        assert np.array_equal(getattr(t, name)[1], value), name
+
+    # And the topped-up tree is what the reference search grows with reuse.
+    ref = ReferenceMCTS(C4, cfg, evaluator)
+    ref.start(boards[0])
+    ref.run()
+    assert ref.advance(action)
+    ref.run()
+    assert_same_tree(t, 0, 0, ref.root)
+
+
+def test_reuse_in_several_slots_at_once_with_noise_matches_reference():
+    """One `advance` call: two slots keep a subtree (most and second most visited move),
+    one plays an unvisited move and starts afresh; noise is mixed into every new root."""
+    cfg = MCTSConfig(num_simulations=12, dirichlet_epsilon=0.3)
+    evaluator = HashEvaluator(C4, seed=11)
+    positions = ["", "4453", "135564772"]
+    boards = boards_of(C4, positions)
+    first, kept, fresh = noise_table(3, 7, 1), noise_table(2, 7, 2), noise_table(1, 7, 3)
+    search = BatchedMCTS(C4, cfg, 3, np.random.default_rng(0))
+    search.rng = FixedNoise(first, kept, fresh)
+    search.start(np.arange(3), boards)
+    run(search, evaluator)
+    t = search.tree
+    order = [np.argsort(-t.edge_visits[s, 0], kind="stable") for s in range(3)]
+    unvisited = np.flatnonzero(t.legal[2, 0] & (t.edge_visits[2, 0] == 0))
+    assert len(unvisited), "the test needs an unvisited legal move in slot 2"
+    actions = np.array([order[0][0], order[1][1], unvisited[0]])
+    next_boards, _, _ = C4.play(boards, actions)
+    search.advance(np.arange(3), actions, next_boards, reuse=True)
+    assert t.next_free[2] == 1 and not t.expanded[2, 0]  # started afresh
+    for s in range(2):
+        assert_consistent(t, s)
+    steps = run(search, evaluator)
+    assert steps == cfg.num_simulations + 1  # slot 2 needs the full search
+    assert search.root_visits().tolist() == [12, 12, 12]
+    assert not search.rng.tables  # every noise table was used
+
+    noises = [(first[0], kept[0]), (first[1], kept[1]), (first[2], fresh[0])]
+    for s in range(3):
+        ref = ReferenceMCTS(C4, cfg, evaluator)
+        ref.start(boards[s], noises[s][0])
+        ref.run()
+        assert ref.advance(int(actions[s]), noises[s][1]) == (s < 2)
+        ref.run()
+        assert_same_tree(t, s, 0, ref.root)
+        assert t.next_free[s] == ref.root.size()
+        assert_consistent(t, s)
+
+
+def test_advance_without_reuse_starts_afresh():
+    cfg = MCTSConfig(num_simulations=20, dirichlet_epsilon=0.0)
+    evaluator = HashEvaluator(TTT)
+    search = BatchedMCTS(TTT, cfg, 1, np.random.default_rng(0))
+    board = TTT.initial_boards(1)
+    search.start(np.array([0]), board)
+    run(search, evaluator)
+    action = int(search.tree.edge_visits[0, 0].argmax())
+    nxt, _, _ = TTT.play(board, np.array([action]))
+    search.advance(np.array([0]), np.array([action]), nxt, reuse=False)
+    assert search.tree.next_free[0] == 1 and search.root_visits()[0] == 0
+    assert run(search, evaluator) == cfg.num_simulations + 1
+
+
+# -- the self-play loop ------------------------------------------------------------------------
+def selfplay(cfg: MCTSConfig, *, games=6, parallel=4, seed=0, game=TTT):
+    sp = SelfPlay(game, cfg, UniformEvaluator(game), num_games=parallel, max_games=games, seed=seed)
+    finished = []
+    for _ in range(100_000):
+        if not sp.running:
+            break
+        finished += sp.step()
+    assert sp.running == 0
+    return sp, finished
+
+
+def check_game(game, g):
+    t = g.transitions
+    n = len(t)
+    assert t.ply.tolist() == list(range(n))
+    assert (t.game_id == t.game_id[0]).all()
+    np.testing.assert_allclose(t.policy.sum(axis=1), 1, atol=1e-6)
+    assert not t.policy[~t.legal_mask].any()
+    assert np.all(np.abs(t.value) <= 1)
+    assert (t.value[1:] == -t.value[:-1]).all()
+    assert g.outcome == t.value[0]
+    played = len(g.moves)
+    assert played == (n - 1 if g.resigned else n)
+    for ply in range(n):
+        board, done, _ = game.position(g.moves[:ply])
+        assert not done
+        assert np.array_equal(t.observation[ply], game.observe(board[None])[0]), ply
+        assert t.legal_mask[ply].tolist() == game.legal_mask(board[None])[0].tolist()
+        if ply < played:
+            assert t.policy[ply, game.parse_moves(g.moves)[ply]] > 0  # a move that was searched
+    board, done, value = game.position(g.moves)
+    if g.resigned:
+        assert not done and t.value[-1] == -1.0
+    else:
+        assert done
+        # value is the next side's view: -1 when the last mover won.
+        assert t.value[-1] == (1.0 if value == -1.0 else 0.0)
+
+
+def test_selfplay_runs_to_completion_with_sound_targets():
+    cfg = MCTSConfig(num_simulations=16)
+    sp, finished = selfplay(cfg)
+    assert len(finished) == 6
+    assert all(not g.resigned for g in finished)
+    ids = [bytes(g.transitions.game_id[0]) for g in finished]
+    assert len(set(ids)) == 6
+    for g in finished:
+        check_game(TTT, g)
+    assert sp.stats.games == 6
+    assert sp.stats.positions == sum(len(g.transitions) for g in finished)
+    # A fixed seed plays the same games again.
+    _, again = selfplay(cfg)
+    assert [g.moves for g in again] == [g.moves for g in finished]
+
+
+def test_selfplay_connect4_smoke():
+    cfg = MCTSConfig(num_simulations=4)
+    _, finished = selfplay(cfg, games=2, parallel=2, game=C4)
+    assert len(finished) == 2
+    for g in finished:
+        check_game(C4, g)
+
+
+def is_greedy(g, plies) -> list[bool]:
+    t = g.transitions
+    actions = TTT.parse_moves(g.moves)
+    return [bool(t.policy[p, actions[p]] == t.policy[p].max()) for p in plies if p < len(actions)]
+
+
+def test_temperature_zero_plays_the_most_visited_move():
+    cfg = MCTSConfig(num_simulations=16, temp_threshold=0, final_temperature=0.0)
+    _, finished = selfplay(cfg, games=12)
+    assert all(all(is_greedy(g, range(9))) for g in finished)
+    # The same games with temperature 1 throughout do not always take the top move.
+    cfg = MCTSConfig(num_simulations=16, temp_threshold=9, temperature=1.0, final_temperature=0.0)
+    _, finished = selfplay(cfg, games=12)
+    assert not all(all(is_greedy(g, range(9))) for g in finished)
+    # final_temperature applies after temp_threshold plies.
+    cfg = MCTSConfig(num_simulations=16, temp_threshold=0, final_temperature=1.0)
+    _, finished = selfplay(cfg, games=12)
+    assert not all(all(is_greedy(g, range(9))) for g in finished)
+
+
+def test_temp_threshold_splits_sampled_and_greedy_plies():
+    cfg = MCTSConfig(num_simulations=16, temp_threshold=2, temperature=1.0, final_temperature=0.0)
+    _, finished = selfplay(cfg, games=16)
+    assert all(all(is_greedy(g, range(2, 9))) for g in finished)
+    assert not all(all(is_greedy(g, range(2))) for g in finished)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.25])
+def test_tree_reuse_changes_the_simulations_per_move(noise):
+    sims = 16
+    counts = {}
+    for reuse in (False, True):
+        cfg = MCTSConfig(num_simulations=sims, tree_reuse=reuse, dirichlet_epsilon=noise)
+        sp, finished = selfplay(cfg, games=8)
+        for g in finished:
+            check_game(TTT, g)
+            visits = g.transitions.policy * sims  # every search ends with exactly `sims` root visits
+            np.testing.assert_allclose(visits, np.round(visits), atol=1e-4)
+        # With reuse, every move after a game's first starts from the played child, which
+        # saves exactly its edge visits v (it has v - 1 root visits and needs no root
+        # evaluation).
+        saved = 0
+        if reuse:
+            for g in finished:
+                t, actions = g.transitions, TTT.parse_moves(g.moves)
+                saved += sum(round(float(t.policy[p, actions[p]]) * sims) for p in range(len(t) - 1))
+        counts[reuse] = (sp.stats.simulations, sp.stats.positions, saved)
+    sims_fresh, positions_fresh, _ = counts[False]
+    assert sims_fresh == positions_fresh * (sims + 1)  # root evaluation + sims, every move
+    sims_reuse, positions_reuse, saved = counts[True]
+    assert saved > positions_reuse
+    assert sims_reuse == positions_reuse * (sims + 1) - saved
+
+
+def test_resignation():
+    cfg = MCTSConfig(num_simulations=16, resign_enabled=True, resign_threshold=0.0)
+    _, finished = selfplay(cfg, games=16)
+    resigned = [g for g in finished if g.resigned]
+    assert resigned, "no game resigned"
+    for g in finished:
+        check_game(TTT, g)
+    for g in resigned:
+        assert g.transitions.value[-1] == -1.0
+    # Switched off (or at the most negative threshold), nobody resigns.
+    for cfg in (MCTSConfig(num_simulations=16, resign_enabled=False, resign_threshold=0.0),
+                MCTSConfig(num_simulations=16, resign_enabled=True, resign_threshold=-1.0)):
+        _, finished = selfplay(cfg, games=16)
+        assert not any(g.resigned for g in finished)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_simulations": 30},
+        {"c_puct": 4.0},
+        {"fpu_reduction": 0.0},
+        {"dirichlet_alpha": 0.1},
+        {"dirichlet_epsilon": 0.0},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_search_options_have_an_effect(change):
+    base = dict(num_simulations=20, c_puct=1.5, fpu_reduction=0.25, dirichlet_alpha=1.0, dirichlet_epsilon=0.25)
+    positions = ["", "4", "4453", "135564772"]
+
+    def visits(params):
+        search = BatchedMCTS(C4, MCTSConfig(**params), len(positions), np.random.default_rng(42))
+        search.start(np.arange(len(positions)), boards_of(C4, positions))
+        run(search, HashEvaluator(C4, seed=3))
+        return search.tree.edge_visits[:, 0].copy()
+
+    assert np.array_equal(visits(base), visits(base))  # deterministic for a seed
+    assert not np.array_equal(visits(base), visits({**base, **change}))

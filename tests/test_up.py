@@ -1,0 +1,69 @@
+"""`cartridge up` end to end: it stores games and publishes models with no services, stops
+cleanly on SIGINT, and the next run resumes from the same replay file and checkpoint."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMALL = [
+    "--set", "common.env_id=tictactoe", "--set", "mcts.num_simulations=16",
+    "--set", "actor.parallel_games=16", "--set", "training.min_transitions=200",
+    "--set", "training.steps_per_iteration=20", "--set", "training.batch_size=64",
+    "--set", "network.blocks=1", "--set", "network.channels=16",
+]
+
+
+def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Start `cartridge up`, wait for `pattern` in its log, then Ctrl-C it."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, log.read_text()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"cartridge up never logged {pattern!r}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+    return subprocess.CompletedProcess(proc.args, code)
+
+
+def stored(tmp_path: Path) -> tuple[int, int]:
+    db = sqlite3.connect(tmp_path / "runs" / "replay.sqlite")
+    try:
+        rows = db.execute("SELECT count(*) FROM transitions").fetchone()[0]
+        distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT game_id, ply FROM transitions)").fetchone()[0]
+        return rows, distinct
+    finally:
+        db.close()
+
+
+def test_up_trains_stops_cleanly_and_resumes(tmp_path):
+    first = run_until(tmp_path, tmp_path / "first.log", r"published model 2 ")
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
+    text = (tmp_path / "first.log").read_text()
+    assert re.search(r"games/s, .* positions/s \| replay \d+ positions \| step \d+", text) or "stopped:" in text
+    rows, distinct = stored(tmp_path)
+    assert rows > 0 and rows == distinct  # every position once
+    models = sorted((tmp_path / "runs" / "models" / "tictactoe" / "models").glob("*.onnx"))
+    assert len(models) >= 2
+    stopped = re.search(r"stopped: (\d+) positions stored this run, model (\d+), step (\d+)", text)
+    assert stopped, text[-2000:]
+    version, step = int(stopped[2]), int(stopped[3])
+
+    second = run_until(tmp_path, tmp_path / "second.log", rf"published model {version + 1} ")
+    assert second.returncode == 0
+    text2 = (tmp_path / "second.log").read_text()
+    resumed = re.search(rf"resumed from checkpoint: model {version}, step (\d+)", text2)
+    assert resumed and 0 < int(resumed[1]) <= step  # the newest checkpoint, not a fresh start
+    rows2, distinct2 = stored(tmp_path)
+    assert rows2 > rows and rows2 == distinct2  # the same replay file, grown, still no duplicates
