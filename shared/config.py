@@ -77,7 +77,7 @@ class MCTSConfig(_Section):
 class ActorConfig(_Section):
     actor_id: str = ""
     """Unique actor name; empty means `<hostname>-<pid>`."""
-    max_episodes: int = -1
+    max_episodes: Annotated[int, Meta(ge=-1)] = -1
     """Games to finish before exiting; -1 runs forever."""
     parallel_games: PositiveInt = 256
     """Games searched together, one batched network call per simulation step."""
@@ -87,6 +87,9 @@ class ActorConfig(_Section):
     """Publishes awaiting broker confirmation before self-play waits."""
     onnx_threads: PositiveInt = 1
     """onnxruntime intra-op threads (one per process wins when processes share cores)."""
+    confirmed_log: str = ""
+    """File that gets one JSON line per message the broker confirmed (batch id, rows,
+    plies per game id): an audit trail of what this actor handed over; empty: none."""
 
 
 class TrainingConfig(_Section):
@@ -135,6 +138,8 @@ class StorageConfig(_Section):
     """Directory for the `local` model store."""
     max_model_bytes: PositiveInt = 64 * 1024 * 1024
     """Largest model file an actor will download."""
+    connect_attempts: PositiveInt = 30
+    """Start-up attempts (with backoff) to reach PostgreSQL and the model store before giving up."""
 
 
 class BrokerConfig(_Section):

@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 import uvloop
 
 from shared.config import Config, ConfigError, load_config, parse_overrides
+from shared.retry import DependencyError
 
 log = logging.getLogger("cartridge")
 
@@ -78,6 +79,10 @@ def run_service(service: Service, parser: argparse.ArgumentParser, argv: list[st
     except ConfigError as exc:  # e.g. an env_id no game has
         print(f"{parser.prog}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DependencyError as exc:  # e.g. a database that never came up: one clear line
+        log.error("%s", exc)
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 1
     except asyncio.CancelledError:
         return 1
     return 0

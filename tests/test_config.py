@@ -105,3 +105,39 @@ def test_readme_configuration_table_matches_the_config_structs():
     assert len(table) > 40
     missing = [row for row in table if row not in readme]
     assert not missing, "README configuration table is stale:\n" + "\n".join(missing)
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("service, dependency", [("ingest", "broker"), ("trainer", "postgres"),
+                                                 ("actor", "s3")])
+def test_an_unreachable_dependency_is_retried_then_a_clear_exit(service, dependency, broker_names, tmp_path):
+    """Connection failures at start-up are retried with backoff and logged; a dependency
+    that stays away ends the service with status 1 and one line naming it (password
+    masked), not a traceback or a tight crash loop."""
+    port = _closed_port()
+    sets = [f"broker.{k}={v}" for k, v in broker_names.items()]
+    sets += ["broker.connect_attempts=3", "storage.connect_attempts=3", "common.env_id=tictactoe",
+             f"storage.sqlite_path={tmp_path / 'r.sqlite'}"]
+    sets += {
+        "broker": [f"broker.url=amqp://guest:s3cret@127.0.0.1:{port}/"],
+        "postgres": [f"storage.postgres_url=postgresql://postgres:s3cret@127.0.0.1:{port}/x",
+                     "storage.model_store=local", f"storage.local_model_dir={tmp_path}"],
+        "s3": [f"storage.s3_endpoint_url=http://127.0.0.1:{port}", "storage.s3_access_key=k",
+               "storage.s3_secret_key=s3cret"],
+    }[dependency]
+    result = subprocess.run([sys.executable, "-m", f"services.{service}",
+                             *[a for s in sets for a in ("--set", s)]],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "unreachable after 3 attempts" in result.stderr
+    assert result.stderr.count("retrying in") == 2  # logged, with backoff
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cartridge {service}:") and str(port) in last, last

@@ -199,7 +199,13 @@ def mass_on_illegal_moves(t: Transitions) -> bytes:
     (lambda t: with_fields(t, observation=np.zeros((len(t), 2, 4, 4), np.uint8)), "observation: expected shape"),
     (lambda t: with_fields(t, ply=t.ply.astype(np.int64)), "ply: expected dtype int16"),
     (lambda t: message(t, env_id="connect4")[1], "does not match this pipeline's 'tictactoe'"),
-], ids=["random-bytes", "other-msgpack", "schema-version", "illegal-mass", "nan", "shape", "dtype", "env"])
+    (lambda t: message(t, env_id="chess")[1], "does not match this pipeline's 'tictactoe'"),
+    (lambda t: with_fields(t, policy=np.where(t.legal_mask, np.inf, 0).astype(np.float32)), "infinite"),
+    (lambda t: with_fields(t, policy=(t.policy * 0.5).astype(np.float32)), "policy: rows must sum to 1"),
+    (lambda t: with_fields(t, ply=(t.ply + 40).astype(np.int16)), "ply: values must lie in [0, 8]"),
+    (lambda t: with_fields(t, ply=(t.ply - 1).astype(np.int16)), "ply: values must lie in [0, 8]"),
+], ids=["random-bytes", "other-msgpack", "schema-version", "illegal-mass", "nan", "shape", "dtype", "env",
+        "unknown-env", "inf", "policy-sum", "ply-too-big", "ply-negative"])
 async def test_unusable_messages_are_dead_lettered_and_the_rest_land(make_config, make_bad, reason):
     config = make_config()
     good = random_games("tictactoe", games=4, seed=4)

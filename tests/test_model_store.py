@@ -15,6 +15,7 @@ from shared.model_store import (
     open_model_store,
 )
 from shared.model_store.base import encode_info, info_key, make_info, model_key
+from shared.retry import Unreachable
 
 ENV = "connect4"
 MAX = 1 << 20
@@ -209,10 +210,13 @@ async def test_falls_back_when_the_server_rejects_conditional_puts(make_config):
         assert rejected == [info_key(ENV, 1)]  # asked once, then remembered
 
 
-async def test_unreachable_endpoint(make_config):
-    storage = make_config(storage={"s3_endpoint_url": "http://127.0.0.1:1", "s3_secret_key": "sekrit-value"}).storage
-    with pytest.raises(StoreUnavailable) as err:
+async def test_unreachable_endpoint_is_retried_then_reported(make_config, caplog):
+    storage = make_config(storage={"s3_endpoint_url": "http://127.0.0.1:1", "s3_secret_key": "sekrit-value",
+                                   "connect_attempts": 2}).storage
+    with pytest.raises(Unreachable, match="after 2 attempts") as err:
         async with S3ModelStore(storage, connect_timeout=0.5, attempts=1):
             pass
     assert "127.0.0.1:1" in str(err.value)
     assert "sekrit-value" not in str(err.value)
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 1 and "sekrit-value" not in retries[0]

@@ -5,12 +5,21 @@ publishes are in flight; beyond that `publish` waits, so self-play slows down in
 memory growing while the broker is away. A publish that fails (connection lost,
 channel closed) is retried with backoff under the same `batch_id`; a broker that got it
 before failing will hand ingest a duplicate, which ingest's batch ledger drops.
+
+With a `confirmed_log` file, every confirmed message is appended to it as one JSON line
+(`{"batch_id", "rows", "games": {game uuid hex: plies}}`), written before the publish
+counts as done: what the log lists, the broker had accepted (the fault suite audits the
+replay table against it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from pathlib import Path
+
+import numpy as np
 
 from shared.bus import Bus
 from shared.messages import TransitionBatch, encode_transitions
@@ -21,8 +30,10 @@ RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class GamePublisher:
-    def __init__(self, bus: Bus, max_unconfirmed: int):
+    def __init__(self, bus: Bus, max_unconfirmed: int, confirmed_log: str | Path = ""):
         self._bus = bus
+        # Line-buffered: each confirmation reaches the OS at once, so it survives SIGKILL.
+        self._confirmed_log = open(confirmed_log, "a", buffering=1) if confirmed_log else None
         self._slots = asyncio.Semaphore(max_unconfirmed)
         self._pending: set[asyncio.Task] = set()
         self.confirmed_batches = 0
@@ -60,6 +71,8 @@ class GamePublisher:
                     await asyncio.sleep(delay)
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
+            if self._confirmed_log is not None:
+                self._confirmed_log.write(audit_line(batch))
         finally:
             self._slots.release()
 
@@ -74,3 +87,14 @@ class GamePublisher:
         if pending:
             log.error("%d batches were still unconfirmed at shutdown", len(pending))
         return not pending
+
+    def close(self) -> None:
+        if self._confirmed_log is not None:
+            self._confirmed_log.close()
+
+
+def audit_line(batch: TransitionBatch) -> str:
+    ids = np.frombuffer(batch.game_id.data, np.uint8).reshape(-1, 16)
+    unique, plies = np.unique(ids, axis=0, return_counts=True)
+    games = {bytes(g).hex(): int(n) for g, n in zip(unique, plies)}
+    return json.dumps({"batch_id": batch.batch_id, "rows": batch.rows, "games": games}) + "\n"

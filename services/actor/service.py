@@ -77,7 +77,7 @@ class ActorService:
         stop = stop or asyncio.Event()
         cfg = self.config
         async with self.bus, self.store as store:
-            self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed)
+            self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed, cfg.actor.confirmed_log)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)
             await self.reloader.load_initial()
             max_games = cfg.actor.max_episodes if cfg.actor.max_episodes >= 0 else None
@@ -92,6 +92,7 @@ class ActorService:
                 await self._play(stop)
                 listen.cancel()
             drained = await self.publisher.drain(DRAIN_TIMEOUT_S)
+            self.publisher.close()
             log.info("actor %s stopped: %d games, %d positions published and confirmed%s",
                      self.actor_id, self.selfplay.stats.games, self.publisher.confirmed_rows,
                      "" if drained else " (some unconfirmed at shutdown)")

@@ -23,15 +23,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from services.ingest.checks import check_many
-from shared.bus.rabbitmq import CONNECTION_LOST
 from shared.bus import Bus, Delivery, RabbitBus
+from shared.bus.rabbitmq import CONNECTION_LOST
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
-from shared.replay import Replay, open_replay
+from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -39,10 +37,9 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 10.0
 RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5)  # between attempts of a flush the database refused
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
-# A failed write: the database is away or refuses (connection lost, restarting, table
-# locked or missing, ...). Every message was checked before, so the data is not the
-# cause: keep the messages unacked and try again. Anything else is a bug and stops ingest.
-WRITE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# A failed write (REPLAY_UNAVAILABLE): every message was checked before, so the data is
+# not the cause: keep the messages unacked and try again. Anything else is a bug and
+# stops ingest.
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
 
@@ -203,7 +200,7 @@ class IngestService:
             try:
                 result = await self.replay.write(batches)
                 break
-            except WRITE_ERRORS as exc:
+            except REPLAY_UNAVAILABLE as exc:
                 self.stats.write_failures += 1
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1

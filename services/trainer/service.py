@@ -24,17 +24,18 @@ from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
 from shared.bus import Bus, RabbitBus
+from shared.bus.rabbitmq import CONNECTION_LOST
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
-from shared.replay import Replay, open_replay
+from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
 
 log = logging.getLogger(__name__)
 
 WAIT_FOR_DATA_S = 2.0  # how often to look at the replay size while below min_transitions
 REFRESH_EVERY_STEPS = 100  # pull new rows into the window this often within a cycle
-PUBLISH_RETRY_DELAYS = (0.5, 1, 2, 5, 10)
+RETRY_DELAYS = (0.5, 1, 2, 5, 10)  # while the replay, model store or broker is away
 
 
 def pick_device(name: str) -> torch.device:
@@ -104,7 +105,11 @@ class TrainerService:
     async def _wait_for_data(self, replay, stop: asyncio.Event) -> bool:
         needed = self.config.training.min_transitions
         while not stop.is_set():
-            have = self.replay_size = await replay.count(self.game.env_id)
+            have = await self._retrying(lambda: replay.count(self.game.env_id), stop,
+                                        REPLAY_UNAVAILABLE, "replay database")
+            if have is None:
+                return False
+            self.replay_size = have
             if have >= needed:
                 return True
             log.info("waiting for data: %d of %d positions in the replay buffer", have, needed)
@@ -119,7 +124,10 @@ class TrainerService:
         start, start_step = time.monotonic(), self.step
         end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
         while self.step < end_step and not stop.is_set():
-            added = await self.window.refresh(replay)
+            added = await self._retrying(lambda: self.window.refresh(replay), stop,
+                                         REPLAY_UNAVAILABLE, "replay database")
+            if added is None:
+                break
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
@@ -157,15 +165,15 @@ class TrainerService:
                 version = max(max(await store.list_versions(env_id), default=0), version) + 1
                 log.warning("%s; storing this model as version %d instead", exc, version)
 
-    async def _retrying(self, call, stop: asyncio.Event):
-        """`await call()`, retried with backoff while the store is unavailable;
-        None if `stop` is set first."""
+    async def _retrying(self, call, stop: asyncio.Event, errors=StoreUnavailable, what="model store"):
+        """`await call()`, retried with backoff while it raises one of `errors` (a
+        dependency is away); None if `stop` is set first."""
         for attempt in itertools.count():
             try:
                 return await call()
-            except StoreUnavailable as exc:
-                delay = PUBLISH_RETRY_DELAYS[min(attempt, len(PUBLISH_RETRY_DELAYS) - 1)]
-                log.warning("model store unavailable (%s); retrying in %ss", exc, delay)
+            except errors as exc:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.warning("%s unavailable (%s: %s); retrying in %ss", what, type(exc).__name__, exc, delay)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     return None
@@ -192,6 +200,8 @@ class TrainerService:
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
             size=info.size, step=info.step,
         )
-        await self.bus.publish_event(encode_event(event))
+        # The model is stored either way; actors that miss the event pick it up at start.
+        await self._retrying(lambda: self.bus.publish_event(encode_event(event)), stop,
+                             (*CONNECTION_LOST, TimeoutError), "broker")
         log.info("published model %d (step %d, %d bytes)", version, self.step, info.size)
         return info

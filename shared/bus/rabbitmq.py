@@ -14,7 +14,6 @@ the queue first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -30,6 +29,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, ProbableAuthenticationError
 
 from shared.config import BrokerConfig, mask_url
+from shared.retry import Refused, reach
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ CONTENT_TYPE_JSON = "application/json"  # control events
 ERROR_HEADER = "x-cartridge-error"  # why a message was dead-lettered
 
 RECONNECT_INTERVAL_S = 1.0  # a robust connection's retry period after it was lost
-MAX_BACKOFF_S = 10.0
 
 
 async def connect(broker: BrokerConfig, *, name: str) -> AbstractRobustConnection:
@@ -48,26 +47,20 @@ async def connect(broker: BrokerConfig, *, name: str) -> AbstractRobustConnectio
     with exponential backoff, at most `connect_attempts` times. A refused login is a
     configuration error and fails at once."""
     url = mask_url(broker.url)
-    for attempt in range(1, broker.connect_attempts + 1):
+
+    async def attempt() -> AbstractRobustConnection:
         try:
-            connection = await aio_pika.connect_robust(
+            return await aio_pika.connect_robust(
                 broker.url, client_properties={"connection_name": name},
                 reconnect_interval=RECONNECT_INTERVAL_S,
             )
         except ProbableAuthenticationError as exc:
-            raise ConnectionError(f"RabbitMQ at {url} refused the login: {exc}") from None
-        except (OSError, AMQPConnectionError) as exc:
-            if attempt == broker.connect_attempts:
-                raise ConnectionError(
-                    f"RabbitMQ at {url} unreachable after {attempt} attempts: {exc}") from None
-            delay = min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF_S)
-            log.warning("RabbitMQ at %s unreachable (%s); attempt %d of %d, retrying in %.1fs",
-                        url, exc, attempt, broker.connect_attempts, delay)
-            await asyncio.sleep(delay)
-        else:
-            log.info("connected to RabbitMQ at %s as %r", url, name)
-            return connection
-    raise AssertionError("unreachable")
+            raise Refused(f"RabbitMQ at {url} refused the login: {exc}") from None
+
+    connection = await reach(f"RabbitMQ at {url}", attempt, attempts=broker.connect_attempts,
+                             errors=(OSError, AMQPConnectionError))
+    log.info("connected to RabbitMQ at %s as %r", url, name)
+    return connection
 
 
 @dataclass(frozen=True)
@@ -176,7 +169,10 @@ class RabbitBus:
 
     async def _confirming_channel(self) -> AbstractChannel:
         if self._publisher is None or self._publisher.is_closed:
-            self._publisher = await self.connection.channel(publisher_confirms=True)
+            try:
+                self._publisher = await self.connection.channel(publisher_confirms=True)
+            except RuntimeError as exc:  # aio-pika: "Connection was not opened" (reconnecting)
+                raise ConnectionError(f"RabbitMQ connection is down: {exc}") from None
         return self._publisher
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:

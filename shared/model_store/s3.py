@@ -20,6 +20,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from shared.config import StorageConfig, mask_url
 from shared.model_store.base import ObjectModelStore, ObjectTooLarge, StoreUnavailable
+from shared.retry import Refused, reach
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class S3ModelStore(ObjectModelStore):
             "s3", endpoint_url=self.storage.s3_endpoint_url or None, config=self._boto_config,
         ))
         try:
-            await self._ensure_bucket()
+            await reach(f"S3 endpoint {mask_url(self.storage.s3_endpoint_url) or '(AWS default)'}",
+                        self._ensure_bucket, attempts=self.storage.connect_attempts,
+                        errors=(StoreUnavailable,))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -87,6 +90,8 @@ class S3ModelStore(ObjectModelStore):
         try:
             await self._call(self._s3.head_bucket, Bucket=self.bucket)
         except ClientError as exc:
+            if _status(exc) in (401, 403):  # wrong credentials or no permission: retrying won't help
+                raise Refused(str(self._unavailable(f"access refused: {_code(exc)}"))) from None
             if _status(exc) != 404:
                 raise self._unavailable(f"cannot use the bucket: {_code(exc)}") from None
             await self._create_bucket()

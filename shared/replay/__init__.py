@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Protocol
+
+import asyncpg
 
 from shared.config import StorageConfig
 from shared.games import Game
 from shared.replay.rows import WriteResult
 from shared.transitions import Transitions
+
+
+# What a replay call raises while the database is away or refuses for now (connection
+# lost, restarting, locked, table missing): the caller keeps its data and tries again.
+REPLAY_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                      sqlite3.OperationalError)
 
 
 class Replay(Protocol):

@@ -29,6 +29,7 @@ import asyncpg
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay.rows import WriteResult, decode_rows, row_bytes
+from shared.retry import Refused, reach
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
 class PostgresReplay:
     def __init__(self, storage: StorageConfig, game: Game):
         self.url = storage.postgres_url
+        self.connect_attempts = storage.connect_attempts
         # Validated against the config's identifier pattern, and quoted all the same.
         self.name = storage.replay_table
         self.table = f'"{self.name}"'
@@ -48,8 +50,16 @@ class PostgresReplay:
         self.pool: asyncpg.Pool | None = None
 
     async def __aenter__(self) -> "PostgresReplay":
-        await self._create_database()
-        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        async def attempt() -> None:
+            try:
+                await self._create_database()
+            except asyncpg.InvalidAuthorizationSpecificationError as exc:  # bad user/password
+                raise Refused(f"PostgreSQL at {mask_url(self.url)} refused the login: {exc}") from None
+            self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+
+        await reach(f"PostgreSQL at {mask_url(self.url)}", attempt, attempts=self.connect_attempts,
+                    errors=(OSError, TimeoutError, asyncpg.CannotConnectNowError,
+                            asyncpg.TooManyConnectionsError))
         await self._migrate()
         return self
 
