@@ -39,7 +39,7 @@ from shared.bus.rabbitmq import CONTENT_TYPE_MSGPACK, connect, declare_topology 
 from shared.config import Config, load_config  # noqa: E402
 from shared.games import get_game  # noqa: E402
 from shared.messages import encode_transitions  # noqa: E402
-from shared.replay.postgres import COLUMNS, PostgresReplay, copy_records  # noqa: E402
+from shared.replay.postgres import COLUMNS, PostgresReplay, copy_data, copy_records  # noqa: E402
 from shared.transitions import Transitions, to_batch  # noqa: E402
 from tests.helpers import random_games  # noqa: E402
 
@@ -104,7 +104,7 @@ async def staging_upsert(conn: asyncpg.Connection, batches, table: str) -> float
     start = time.perf_counter()
     for flush in flushes(batches):
         async with conn.transaction():
-            await conn.copy_records_to_table("staging", records=copy_records(flush), columns=COLUMNS)
+            await PostgresReplay.copy(conn, "staging", copy_data(flush))  # as write() builds it
             await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM staging"
                                " ON CONFLICT (game_id, ply) DO NOTHING")
     return sum(len(b[3]) for b in batches) / (time.perf_counter() - start)

@@ -492,3 +492,26 @@ async def test_the_command_burst_mode_and_configuration_errors(make_config, tmp_
     bad = subprocess.run(command_args(config, tmp_path) + ["--set", "ingest.flush_rows=0"], cwd=REPO,
                          env=clean_env(), capture_output=True, timeout=TIMEOUT_S)
     assert bad.returncode == 2 and b"flush_rows" in bad.stderr
+
+
+async def test_binary_copy_keeps_every_column_across_mixed_messages(make_config):
+    """The numpy-built COPY stream: messages with actor ids of different lengths (and an
+    empty one) in one flush land with exactly their own values."""
+    config = make_config()
+    games = random_games("tictactoe", games=4, seed=11)
+    batches = [(f"b{i}", "tictactoe", actor, g) for i, (actor, g) in enumerate(zip(["a", "actor-two", "", "a"], games))]
+    async with open_replay(config.storage, get_game("tictactoe")) as replay:
+        result = await replay.write(batches)
+    assert result.inserted_rows == sum(len(g) for g in games)
+    # Rows are grouped by id lengths (in order of first appearance) to build the stream.
+    assert_same_rows(await stored(config), Transitions.concat([games[0], games[3], games[1], games[2]]))
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        actors = await conn.fetch(f"SELECT actor_id, count(*) AS n FROM {config.storage.replay_table}"
+                                  " GROUP BY actor_id ORDER BY actor_id")
+        envs = await conn.fetchval(f"SELECT array_agg(DISTINCT env_id) FROM {config.storage.replay_table}")
+    finally:
+        await conn.close()
+    assert {r["actor_id"]: r["n"] for r in actors} == {
+        "": len(games[2]), "a": len(games[0]) + len(games[3]), "actor-two": len(games[1])}
+    assert envs == ["tictactoe"]

@@ -25,6 +25,7 @@ import uuid
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+import numpy as np
 
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
@@ -133,26 +134,33 @@ class PostgresReplay:
                 list(unique), [len(b[3]) for b in unique.values()],
             )
             fresh = [unique[r["batch_id"]] for r in new]
-            records = copy_records(fresh) if fresh else []
-            inserted = len(records)
-            if records:
+            inserted = sum(len(b[3]) for b in fresh)
+            if inserted:
+                data = copy_data(fresh)
                 try:
                     async with conn.transaction():  # savepoint: a conflict must not abort the flush
-                        await conn.copy_records_to_table(self.name, records=records, columns=COLUMNS)
+                        await self.copy(conn, self.name, data)
                 except asyncpg.UniqueViolationError:
                     log.warning("positions already stored under another batch id; skipping those")
-                    inserted = await self._insert_skipping_conflicts(conn, records)
+                    inserted = await self._insert_skipping_conflicts(conn, data)
         return WriteResult(inserted_rows=inserted, duplicate_batches=len(batches) - len(fresh))
 
-    async def _insert_skipping_conflicts(self, conn, records) -> int:
+    async def _insert_skipping_conflicts(self, conn, data: bytes) -> int:
         staging = f"{self.name}_staging"  # per connection, emptied at every commit
         await conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" (LIKE {self.table} INCLUDING DEFAULTS)'
                            " ON COMMIT DELETE ROWS")
-        await conn.copy_records_to_table(staging, records=records, columns=COLUMNS)
+        await self.copy(conn, staging, data)
         cols = ", ".join(COLUMNS)
         status = await conn.execute(
             f'INSERT INTO {self.table} ({cols}) SELECT {cols} FROM "{staging}" ON CONFLICT (game_id, ply) DO NOTHING')
         return int(status.rsplit(" ", 1)[-1])
+
+    @staticmethod
+    async def copy(conn, table: str, data: bytes) -> None:
+        """COPY a stream made by `copy_data` into `table`."""
+        async def chunks():
+            yield data
+        await conn.copy_to_table(table, source=chunks(), columns=COLUMNS, format="binary")
 
     # -- reading -----------------------------------------------------------------------
     async def count(self, env_id: str) -> int:
@@ -198,3 +206,51 @@ def copy_records(batches: list[tuple[str, str, str, Transitions]]) -> list[tuple
         row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy), t.value.tolist(),
     ))
 
+
+# PostgreSQL's binary COPY format: a header, then per row a field count and each field as
+# (int32 length, bytes) in network byte order, then a -1 trailer.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+COPY_TRAILER = b"\xff\xff"
+
+
+def copy_data(batches: list[tuple[str, str, str, Transitions]]) -> bytes:
+    """The binary COPY stream for all rows of `batches`, built with numpy: every row of
+    a group of messages with equally long env and actor ids has the same layout, so the
+    group is one structured array filled column by column (no Python object per row).
+    bytea columns hold the arrays' own bytes, as `copy_records` does."""
+    groups: dict[tuple[bytes, int], list[tuple[bytes, Transitions]]] = {}
+    for _, env_id, actor_id, rows in batches:
+        actor = actor_id.encode()
+        groups.setdefault((env_id.encode(), len(actor)), []).append((actor, rows))
+    parts = [COPY_HEADER]
+    for (env, actor_len), members in groups.items():
+        t = Transitions.concat([rows for _, rows in members]) if len(members) > 1 else members[0][1]
+        n = len(t)
+        cells = {  # column -> (dtype of its bytes, values)
+            "env_id": (f"S{len(env)}", env),
+            "game_id": (("u1", 16), t.game_id),
+            "ply": (">i2", t.ply),
+            "actor_id": (f"S{actor_len}", np.repeat(np.array([a for a, _ in members], f"S{actor_len}"),
+                                                     [len(rows) for _, rows in members])),
+            "model_version": (">i4", t.model_version),
+            "observation": (("u1", t.observation[0].nbytes), t.observation.reshape(n, -1).view(np.uint8)),
+            "legal_mask": (("u1", t.legal_mask[0].nbytes), t.legal_mask.reshape(n, -1).view(np.uint8)),
+            "policy": (("u1", t.policy[0].nbytes), np.ascontiguousarray(t.policy).view(np.uint8).reshape(n, -1)),
+            "value": (">f4", t.value),
+        }
+        layout = [("fields", ">i2")]
+        for name in COLUMNS:
+            dtype, _ = cells[name]
+            layout.append((f"{name}_len", ">i4"))
+            if np.dtype(dtype).itemsize:  # an empty text has a length and no bytes
+                layout.append((name, dtype))
+        rows = np.empty(n, np.dtype(layout))
+        rows["fields"] = len(COLUMNS)
+        for name in COLUMNS:
+            dtype, values = cells[name]
+            rows[f"{name}_len"] = np.dtype(dtype).itemsize
+            if np.dtype(dtype).itemsize:
+                rows[name] = values
+        parts.append(rows.tobytes())
+    parts.append(COPY_TRAILER)
+    return b"".join(parts)
