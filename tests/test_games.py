@@ -14,7 +14,7 @@ from shared.games import IllegalMove, get_game
 
 C4 = get_game("connect4")
 TTT = get_game("tictactoe")
-POSITIONS_DIR = Path("/work/shared/c4-positions")
+POSITIONS_DIR = Path(__file__).resolve().parents[2] / "shared" / "c4-positions"  # outside the repo
 
 
 def naive_has_line(stones: np.ndarray, k: int) -> set[str]:
