@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -82,9 +83,17 @@ async def main() -> None:
     parts: list[tuple[int, int]] = []  # (download ms, load ms)
     seen = asyncio.Condition()
 
+    playing = 0
+
     async def watch(proc) -> None:
+        nonlocal playing
         async for line in proc.stderr:
-            match = UPDATED.search(line.decode(errors="replace"))
+            text = line.decode(errors="replace")
+            if " playing " in text:
+                async with seen:
+                    playing += 1
+                    seen.notify_all()
+            match = UPDATED.search(text)
             if match:
                 async with seen:
                     latencies.setdefault(int(match[1]), []).append(int(match[2]))
@@ -101,7 +110,13 @@ async def main() -> None:
         ]
         watchers = [asyncio.create_task(watch(p)) for p in procs]
         try:
-            await asyncio.sleep(15)  # let every actor start, subscribe and play
+            # Measure running actors: wait until each has subscribed and plays, then
+            # let start-up work (imports, first search steps) settle.
+            started = time.perf_counter()
+            async with seen:
+                await asyncio.wait_for(seen.wait_for(lambda: playing == args.actors), 120)
+            print(f"{args.actors} actors playing after {time.perf_counter() - started:.1f} s", flush=True)
+            await asyncio.sleep(5)
             for version in range(1, args.versions + 1):
                 info = await store.put_model(game.env_id, version, models[version % len(models)], step=version)
                 await bus.publish_event(encode_event(ModelPublished(
