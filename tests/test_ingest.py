@@ -288,17 +288,24 @@ async def block_database(config, allow: bool) -> None:
         await admin.close()
 
 
+async def ingest_facing_a_database_outage(config, games, stop: asyncio.Event):
+    """An ingest that is consuming when the database goes away, then receives `games`
+    and has failed to store them twice: (service, its running task)."""
+    ingest = IngestService(config)
+    running = asyncio.create_task(ingest.run(stop))
+    await asyncio.wait_for(ingest.consuming.wait(), TIMEOUT_S)  # store open, consuming
+    await block_database(config, allow=False)
+    await publish(config, [message(g) for g in games])
+    await until(lambda: ingest.stats.write_failures >= 2, "the flush to be retried")
+    return ingest, running
+
+
 async def test_nothing_is_acked_before_commit_and_a_stop_hands_everything_back(make_config):
     config = make_config()
     games = random_games("tictactoe", games=5, seed=7)
     stop = asyncio.Event()
-    ingest = IngestService(config)
-    running = asyncio.create_task(ingest.run(stop))
     try:
-        await asyncio.wait_for(ingest.consuming.wait(), TIMEOUT_S)  # store open, consuming
-        await block_database(config, allow=False)
-        await publish(config, [message(g) for g in games])
-        await until(lambda: ingest.stats.write_failures >= 2, "the flush to be retried")
+        ingest, running = await ingest_facing_a_database_outage(config, games, stop)
         assert await queue_depth(config) == 0  # all delivered to ingest, none acked: held
         stop.set()
         await asyncio.wait_for(running, TIMEOUT_S)
@@ -320,20 +327,17 @@ async def test_a_flush_is_retried_until_the_database_returns(make_config):
     config = make_config()
     games = random_games("tictactoe", games=5, seed=8)
     stop = asyncio.Event()
-    ingest = IngestService(config)
-    running = asyncio.create_task(ingest.run(stop))
+    running = None
     try:
-        await asyncio.wait_for(ingest.consuming.wait(), TIMEOUT_S)
-        await block_database(config, allow=False)
-        await publish(config, [message(g) for g in games])
-        await until(lambda: ingest.stats.write_failures >= 2, "the flush to be retried")
+        ingest, running = await ingest_facing_a_database_outage(config, games, stop)
         assert ingest.stats.settled == 0
         await block_database(config, allow=True)
         await until(lambda: ingest.stats.settled == 5, "the messages to be stored")
     finally:
         stop.set()
         await block_database(config, allow=True)
-        await asyncio.wait_for(running, TIMEOUT_S)
+        if running is not None:
+            await asyncio.wait_for(running, TIMEOUT_S)
     assert_same_rows(await stored(config), Transitions.concat(games))
     assert await queue_depth(config) == 0 and ingest.stats.duplicates == 0
 

@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 10.0
 RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5)  # between attempts of a flush the database refused
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
-# A failed write (REPLAY_UNAVAILABLE): every message was checked before, so the data is
-# not the cause: keep the messages unacked and try again. Anything else is a bug and
-# stops ingest.
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
 
@@ -201,6 +198,8 @@ class IngestService:
                 result = await self.replay.write(batches)
                 break
             except REPLAY_UNAVAILABLE as exc:
+                # Every message was checked before, so the data is not the cause: keep the
+                # messages unacked and try again. Any other error is a bug and stops ingest.
                 self.stats.write_failures += 1
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1

@@ -55,8 +55,7 @@ class S3ModelStore(ObjectModelStore):
             "s3", endpoint_url=self.storage.s3_endpoint_url or None, config=self._boto_config,
         ))
         try:
-            await reach(f"S3 endpoint {mask_url(self.storage.s3_endpoint_url) or '(AWS default)'}",
-                        self._ensure_bucket, attempts=self.storage.connect_attempts,
+            await reach(self._endpoint, self._ensure_bucket, attempts=self.storage.connect_attempts,
                         errors=(StoreUnavailable,))
         except BaseException:
             await self._stack.aclose()
@@ -68,8 +67,12 @@ class S3ModelStore(ObjectModelStore):
 
     # -- errors ---------------------------------------------------------------------------
 
+    @property
+    def _endpoint(self) -> str:
+        return f"S3 endpoint {mask_url(self.storage.s3_endpoint_url) or '(AWS default)'}"
+
     def _unavailable(self, what: str) -> StoreUnavailable:
-        where = f"S3 endpoint {mask_url(self.storage.s3_endpoint_url) or '(AWS default)'} bucket {self.bucket}"
+        where = f"{self._endpoint} bucket {self.bucket}"
         text = f"{where}: {what}"
         secret = self.storage.s3_secret_key
         return StoreUnavailable(text.replace(secret, "***") if secret else text)
