@@ -23,10 +23,9 @@ import numpy as np
 
 from shared.bus import Bus
 from shared.messages import TransitionBatch, encode_transitions
+from shared.retry import retry
 
 log = logging.getLogger(__name__)
-
-RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class GamePublisher:
@@ -54,21 +53,16 @@ class GamePublisher:
 
     async def _publish_until_confirmed(self, batch: TransitionBatch) -> None:
         body = encode_transitions(batch)
-        attempt = 0
+
+        def failed(exc: BaseException, failures: int) -> None:
+            self.retries += 1
+            log.warning("publish of batch %s failed (%s: %s); retry %d",
+                        batch.batch_id, type(exc).__name__, exc, failures)
+
         try:
-            while True:
-                try:
-                    await self._bus.publish_transitions(body, message_id=batch.batch_id)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # connection lost, channel closed, nack: try again
-                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                    attempt += 1
-                    self.retries += 1
-                    log.warning("publish of batch %s failed (%s: %s); retry %d in %.2fs",
-                                batch.batch_id, type(exc).__name__, exc, attempt, delay)
-                    await asyncio.sleep(delay)
+            # Connection lost, channel closed, nack: the same batch id again.
+            await retry(lambda: self._bus.publish_transitions(body, message_id=batch.batch_id),
+                        what=f"publish of batch {batch.batch_id}", errors=Exception, on_failure=failed)
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
             if self._confirmed_log is not None:

@@ -30,12 +30,12 @@ from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
 from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
+from shared.retry import Stopped, retry
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
-RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5)  # between attempts of a flush the database refused
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
@@ -192,25 +192,20 @@ class IngestService:
         database is away. False if stopped before they could be stored (then they are
         handed back)."""
         batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
-        attempt = 0
-        while True:
-            try:
-                result = await self.replay.write(batches)
-                break
-            except REPLAY_UNAVAILABLE as exc:
-                # Every message was checked before, so the data is not the cause: keep the
-                # messages unacked and try again. Any other error is a bug and stops ingest.
-                self.stats.write_failures += 1
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                attempt += 1
-                log.warning("storing %d messages failed (%s: %s); nothing acked, retrying in %ss",
-                            len(good), type(exc).__name__, exc, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                await self._hand_back([p.delivery for p in good])
-                return False
+
+        def failed(exc: BaseException, failures: int) -> None:
+            self.stats.write_failures += 1
+            log.warning("storing %d messages failed (%s: %s); nothing acked, retry %d",
+                        len(good), type(exc).__name__, exc, failures)
+
+        try:
+            # Every message was checked before, so the data is not the cause: keep the
+            # messages unacked and try again. Any other error is a bug and stops ingest.
+            result = await retry(lambda: self.replay.write(batches), what=f"storing {len(good)} messages",
+                                 errors=REPLAY_UNAVAILABLE, stop=stop, on_failure=failed)
+        except Stopped:
+            await self._hand_back([p.delivery for p in good])
+            return False
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
