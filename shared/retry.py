@@ -14,9 +14,10 @@ Each failed try is logged at DEBUG; what a person needs to read is the caller's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Iterator, TypeVar
 
 import msgspec
 
@@ -118,3 +119,13 @@ async def reach(what: str, attempt: Callable[[], Awaitable[T]], *, attempts: int
         log.info("%s reached after %.0f s", what, waited)
     return result
 
+
+
+@contextlib.contextmanager
+def translated(errors: tuple[type[BaseException], ...], into: type[Exception], where: str) -> Iterator[None]:
+    """Raise `errors` as `into` ("`where`: what happened"): a back end's callers see its
+    own error type (e.g. `ReplayUnavailable`), never its driver's."""
+    try:
+        yield
+    except errors as exc:
+        raise into(f"{where}: {type(exc).__name__}: {exc}") from exc

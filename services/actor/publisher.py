@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bus import Bus
+from shared.bus import Bus, BusUnavailable
 from shared.messages import TransitionBatch, encode_transitions
 from shared.retry import retry
 
@@ -35,6 +35,7 @@ class GamePublisher:
         self._confirmed_log = open(confirmed_log, "a", buffering=1) if confirmed_log else None
         self._slots = asyncio.Semaphore(max_unconfirmed)
         self._pending: set[asyncio.Task] = set()
+        self._error: BaseException | None = None  # a publish that failed for good: a bug
         self.confirmed_batches = 0
         self.confirmed_rows = 0
         self.retries = 0
@@ -45,11 +46,19 @@ class GamePublisher:
 
     async def publish(self, batch: TransitionBatch) -> None:
         """Start publishing `batch`; returns once it is in flight (waits while the
-        unconfirmed backlog is full)."""
+        unconfirmed backlog is full). Raises what made an earlier publish fail for good
+        (not an outage, which is retried: a bug)."""
+        if self._error is not None:
+            raise self._error
         await self._slots.acquire()
         task = asyncio.create_task(self._publish_until_confirmed(batch), name=f"publish {batch.batch_id}")
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._error = self._error or task.exception()
 
     async def _publish_until_confirmed(self, batch: TransitionBatch) -> None:
         body = encode_transitions(batch)
@@ -60,9 +69,8 @@ class GamePublisher:
                         batch.batch_id, type(exc).__name__, exc, failures)
 
         try:
-            # Connection lost, channel closed, nack: the same batch id again.
             await retry(lambda: self._bus.publish_transitions(body, message_id=batch.batch_id),
-                        what=f"publish of batch {batch.batch_id}", errors=Exception, on_failure=failed)
+                        what=f"publish of batch {batch.batch_id}", errors=BusUnavailable, on_failure=failed)
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
             if self._confirmed_log is not None:

@@ -25,7 +25,7 @@ from typing import AsyncIterator
 from services.actor.publisher import GamePublisher
 from services.actor.reloader import ModelReloader
 from services.actor.selfplay import SelfPlay
-from shared.bus import Bus, RabbitBus
+from shared.bus import Bus, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.inference import Evaluator
@@ -61,7 +61,7 @@ class ActorService:
         self.selfplay: SelfPlay | None = None
         self.reloader: ModelReloader | None = None
         self.publisher: GamePublisher | None = None
-        self.bus = bus or RabbitBus(config.broker, name=f"actor {self.actor_id}")
+        self.bus = bus or open_bus(config.broker, name=f"actor {self.actor_id}")
         self.store = store or open_model_store(config.storage)
         self.ready = asyncio.Event()  # set once the first model is loaded and play begins
         # Cleared while a control event is handled: self-play yields the CPU so the new

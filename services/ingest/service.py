@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass, field
 
 from services.ingest.checks import check_many
-from shared.bus import Bus, Delivery, RabbitBus
-from shared.bus.rabbitmq import CONNECTION_LOST
+from shared.bus import Bus, BusUnavailable, Delivery, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
-from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
+from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, retry
 from shared.transitions import Transitions
 
@@ -66,7 +65,7 @@ class IngestService:
         """`bus` and `replay` default to what `config` names (RabbitMQ, `storage`)."""
         self.config = config
         self.game = get_game(config.common.env_id)
-        self.bus = bus or RabbitBus(config.broker, name="ingest")
+        self.bus = bus or open_bus(config.broker, name="ingest")
         self.replay = replay or open_replay(config.storage, self.game)
         self.stats = IngestStats()
         self.consuming = asyncio.Event()  # set once the store is open and consuming starts
@@ -167,7 +166,7 @@ class IngestService:
         log.error("dead-lettering message %s: %s", delivery.message_id, reason)
         try:
             await delivery.dead_letter(str(reason))  # acked once the dead-letter copy is confirmed
-        except CONNECTION_LOST as exc:
+        except BusUnavailable as exc:
             log.warning("could not dead-letter message %s (%s); the broker will redeliver it",
                         delivery.message_id, exc)
             return
@@ -202,7 +201,7 @@ class IngestService:
             # Every message was checked before, so the data is not the cause: keep the
             # messages unacked and try again. Any other error is a bug and stops ingest.
             result = await retry(lambda: self.replay.write(batches), what=f"storing {len(good)} messages",
-                                 errors=REPLAY_UNAVAILABLE, stop=stop, on_failure=failed)
+                                 errors=ReplayUnavailable, stop=stop, on_failure=failed)
         except Stopped:
             await self._hand_back([p.delivery for p in good])
             return False
@@ -216,7 +215,7 @@ class IngestService:
         # one multiple-ack settles the whole flush.
         try:
             await good[-1].delivery.ack(multiple=True)
-        except CONNECTION_LOST as exc:
+        except BusUnavailable as exc:
             log.warning("stored %d messages but could not ack them (%s); the broker will "
                         "redeliver them and the batch ledger will skip them", len(good), exc)
         return True
@@ -226,7 +225,7 @@ class IngestService:
         for delivery in deliveries:
             try:
                 await delivery.nack()
-            except CONNECTION_LOST:
+            except BusUnavailable:
                 return  # the broker requeues them all by itself
         if deliveries:
             log.info("handed %d unstored messages back to the queue", len(deliveries))

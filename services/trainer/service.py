@@ -22,13 +22,12 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
-from shared.bus import Bus, RabbitBus
-from shared.bus.rabbitmq import CONNECTION_LOST
+from shared.bus import Bus, BusUnavailable, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
-from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
+from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, pause, retry
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class TrainerService:
         """`bus`, `store` and `replay` default to what `config` names."""
         self.config = config
         self.game = get_game(config.common.env_id)
-        self.bus = bus or RabbitBus(config.broker, name="trainer")
+        self.bus = bus or open_bus(config.broker, name="trainer")
         self.store = store or open_model_store(config.storage)
         self.replay = replay or open_replay(config.storage, self.game)
         self.device = pick_device(config.training.device)
@@ -105,7 +104,7 @@ class TrainerService:
         needed = self.config.training.min_transitions
         while True:
             self.replay_size = await self._retrying(lambda: replay.count(self.game.env_id), stop,
-                                                    REPLAY_UNAVAILABLE, "replay database")
+                                                    ReplayUnavailable, "replay database")
             if self.replay_size >= needed:
                 return
             log.info("waiting for data: %d of %d positions in the replay buffer", self.replay_size, needed)
@@ -117,7 +116,7 @@ class TrainerService:
         end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
         while self.step < end_step and not stop.is_set():
             added = await self._retrying(lambda: self.window.refresh(replay), stop,
-                                         REPLAY_UNAVAILABLE, "replay database")
+                                         ReplayUnavailable, "replay database")
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
@@ -182,7 +181,7 @@ class TrainerService:
         )
         try:
             await self._retrying(lambda: self.bus.publish_event(encode_event(event)), stop,
-                                 (*CONNECTION_LOST, TimeoutError), "broker")
+                                 BusUnavailable, "broker")
         except Stopped:
             # The model is stored either way; actors that miss the event pick it up at start.
             log.warning("stopped before model %d was announced; actors load it when they start", version)

@@ -7,11 +7,19 @@ Two streams:
   actor) gets every event.
 RabbitMQ carries them in a deployment (`rabbitmq.py`); `cartridge up` and unit tests use
 the in-process bus (`memory.py`). The services are the same code on either.
+
+A bus raises `BusUnavailable` when it cannot do what was asked for now (connection lost,
+reconnecting, the message refused): the caller may try again later. Each bus translates
+its own library's errors into it, so services never see them.
 """
 
 from __future__ import annotations
 
 from typing import AsyncIterator, Protocol
+
+
+class BusUnavailable(ConnectionError):
+    """The bus cannot take or settle a message now; trying again later may work."""
 
 
 class Delivery(Protocol):

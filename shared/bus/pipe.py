@@ -16,6 +16,8 @@ import struct
 import sys
 from typing import AsyncIterator
 
+from shared.bus.base import BusUnavailable
+
 HEADER = struct.Struct(">IB")  # payload length, frame kind
 ID_LEN = 32
 
@@ -74,13 +76,17 @@ class PipeBus:
         self.closed.set()
         for future in self._confirms.values():  # the parent is gone: nothing will confirm
             if not future.done():
-                future.set_exception(ConnectionError("parent process closed the pipe"))
+                future.set_exception(BusUnavailable("parent process closed the pipe"))
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
         key = pad_id(message_id)
         future = self._confirms[key] = asyncio.get_running_loop().create_future()
-        self._writer.write(frame(b"T", key + body))
-        await self._writer.drain()
+        try:
+            self._writer.write(frame(b"T", key + body))
+            await self._writer.drain()
+        except ConnectionError as exc:  # the parent is gone
+            self._confirms.pop(key, None)
+            raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
         await future
 
     async def consume_transitions(self, prefetch: int):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from shared.config import StorageConfig
 from shared.games import Game
+from shared.replay import ReplayUnavailable
 from shared.replay.rows import WriteResult, decode_rows, row_bytes
-from shared.retry import Backoff, retry
+from shared.retry import Backoff, retry, translated
 from shared.transitions import Transitions
 
 # Switching to WAL does not wait for a busy file (ingest and trainer open it at the same
@@ -65,8 +66,10 @@ class SqliteReplay:
         """)
 
     async def _run(self, fn, *args):
+        # Locked, busy or gone: raised to callers as ReplayUnavailable.
         async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+            with translated((sqlite3.OperationalError,), ReplayUnavailable, f"SQLite file {self.path}"):
+                return await asyncio.to_thread(fn, *args)
 
     # -- writing -----------------------------------------------------------------------
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
