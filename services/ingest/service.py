@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass, field
 
 from services.ingest.checks import check_many
-from shared.bus import Bus, BusUnavailable, Delivery, open_bus
+from shared.bus import BusUnavailable, Delivery, TransitionConsumer, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
 from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, retry
+from shared.status import IngestStatus, Lifecycle, instance_name
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -61,24 +62,35 @@ class IngestStats:
 
 
 class IngestService:
-    def __init__(self, config: Config, *, bus: Bus | None = None, replay: Replay | None = None):
+    def __init__(self, config: Config, *, bus: TransitionConsumer | None = None, replay: Replay | None = None):
         """`bus` and `replay` default to what `config` names (RabbitMQ, `storage`)."""
         self.config = config
         self.game = get_game(config.common.env_id)
+        self.name = instance_name()
         self.bus = bus or open_bus(config.broker, name="ingest")
         self.replay = replay or open_replay(config.storage, self.game)
         self.stats = IngestStats()
         self.consuming = asyncio.Event()  # set once the store is open and consuming starts
+        self._lifecycle = Lifecycle()
         self._inbox: asyncio.Queue = asyncio.Queue()  # deliveries, then END
+
+    def status(self) -> IngestStatus:
+        s = self.stats
+        return IngestStatus(
+            name=self.name, state=self._lifecycle.state, messages=s.messages, rows=s.rows,
+            duplicates=s.duplicates, dead_lettered=s.dead_lettered, flushes=s.flushes,
+            write_failures=s.write_failures, settled=s.settled, actor_models=dict(s.actor_models),
+        )
 
     async def run(self, stop: asyncio.Event | None = None, burst: bool = False) -> None:
         stop = stop or asyncio.Event()
-        async with self.bus, self.replay:
+        async with self._lifecycle, self.bus, self.replay:
             deliveries = await self.bus.consume_transitions(self.config.ingest.prefetch)
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
                 stopper = tasks.create_task(self._end_on(stop))
                 self.consuming.set()
+                self._lifecycle.started(stop)
                 try:
                     await self._flush_loop(stop, burst, tasks)
                 finally:

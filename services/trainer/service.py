@@ -22,13 +22,14 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
-from shared.bus import Bus, BusUnavailable, open_bus
+from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
 from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, pause, retry
+from shared.status import Lifecycle, TrainerStatus, instance_name
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ def pick_device(name: str) -> torch.device:
 
 
 class TrainerService:
-    def __init__(self, config: Config, *, bus: Bus | None = None, store: ModelStore | None = None,
+    def __init__(self, config: Config, *, bus: EventPublisher | None = None, store: ModelStore | None = None,
                  replay: Replay | None = None):
         """`bus`, `store` and `replay` default to what `config` names."""
         self.config = config
         self.game = get_game(config.common.env_id)
+        self.name = instance_name()
         self.bus = bus or open_bus(config.broker, name="trainer")
         self.store = store or open_model_store(config.storage)
         self.replay = replay or open_replay(config.storage, self.game)
@@ -61,17 +63,31 @@ class TrainerService:
         self.window = ReplayWindow(self.game, t.window_size)
         self.rng = np.random.default_rng()
         self.step = 0
+        self.steps_this_run = 0
         self.version = 0
         self.cycles_done = 0
         self.last_losses: StepLosses | None = None
         self.replay_size = 0  # positions in the replay buffer, as last seen
+        self._lifecycle = Lifecycle()
+
+    def status(self) -> TrainerStatus:
+        losses = self.last_losses
+        return TrainerStatus(
+            name=self.name, state=self._lifecycle.state, step=self.step, version=self.version,
+            replay_size=self.replay_size, window_size=self.window.filled,
+            loss=losses.total if losses else None, policy_loss=losses.policy if losses else None,
+            value_loss=losses.value if losses else None,
+            samples=self.steps_this_run * self.config.training.batch_size,
+            positions_loaded=self.window.total_loaded,
+        )
 
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
         """Train until `stop` is set, or for `cycles` cycles."""
         stop = stop or asyncio.Event()
         cfg = self.config
-        async with self.bus, self.store as store, self.replay as replay:
+        async with self._lifecycle, self.bus, self.store as store, self.replay as replay:
             await self._resume(store)
+            self._lifecycle.started(stop)
             try:
                 await self._wait_for_data(replay, stop)
                 while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
@@ -136,6 +152,7 @@ class TrainerService:
             batch = self.window.sample(self.config.training.batch_size, self.rng)
             losses = train_step(self.model, self.optimizer, batch, self.device)
             self.step += 1
+            self.steps_this_run += 1
         return losses
 
     async def _put_model(self, store, version: int, onnx_bytes: bytes) -> ModelInfo:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.bus.base import Bus, BusUnavailable, Delivery
+from shared.bus.base import (
+    ActorBus, Bus, BusUnavailable, Delivery, EventPublisher, EventSubscriber, TransitionConsumer,
+    TransitionPublisher,
+)
 from shared.bus.memory import MemoryBus
 
 if TYPE_CHECKING:
@@ -29,4 +32,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Bus", "BusUnavailable", "Delivery", "MemoryBus", "RabbitBus", "open_bus"]
+__all__ = ["ActorBus", "Bus", "BusUnavailable", "Delivery", "EventPublisher", "EventSubscriber", "MemoryBus",
+           "RabbitBus", "TransitionConsumer", "TransitionPublisher", "open_bus"]
