@@ -4,12 +4,13 @@ Lifecycle:
 1. open the bus (RabbitMQ: connect, declare the topology) and the replay store (create
    or migrate its schema); consume the transitions queue with `ingest.prefetch` messages
    unacknowledged at most;
-2. loop: decode each message as it comes and gather them until `flush_rows` rows or
-   `flush_ms` milliseconds. Then check the flush's contents at once (`checks.py`),
-   dead-letter each unusable message with the reason (the others carry on), store the
-   good ones in one transaction (batch ids stored before are skipped) and only after
-   its commit ack them. While one flush commits, the next one gathers. If the database
-   is away the flush is retried with backoff and nothing is acked: nothing is lost;
+2. gather a flush (`_flushes`): decode each message as it comes, until `flush_rows`
+   rows or `flush_ms` milliseconds. Check its contents at once (`_check`, `checks.py`)
+   and dead-letter each unusable message with the reason (the others carry on). Commit
+   it (`_commit`): the good ones in one transaction (batch ids stored before are
+   skipped), and only after the commit one ack for them all. While one flush commits,
+   the next one gathers (`_store_flushes`). If the database is away the commit is
+   retried with backoff and nothing is acked: nothing is lost;
 3. on stop (SIGTERM/SIGINT in `__main__`): take no more messages, store and ack what is
    in hand, cancel the consumer, close; whatever the broker sent meanwhile goes back to
    the queue unacked. `burst=True` also ends once the queue is empty and everything is
@@ -19,9 +20,11 @@ Lifecycle:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from services.ingest.checks import check_many
 from shared.bus import BusUnavailable, Delivery, TransitionConsumer, open_bus
@@ -88,17 +91,22 @@ class IngestService:
             deliveries = await self.bus.consume_transitions(self.config.ingest.prefetch)
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
-                stopper = tasks.create_task(self._end_on(stop))
+                helpers = [receiver, tasks.create_task(self._end_on(stop)), tasks.create_task(self._log_progress())]
                 self.consuming.set()
                 self._lifecycle.started(stop)
                 try:
-                    await self._flush_loop(stop, burst, tasks)
+                    if unstored := await self._store_flushes(stop, burst, tasks):
+                        # Take no more first: a consumer still running would be handed
+                        # these again and return them a second time, out of order.
+                        receiver.cancel()
+                        await asyncio.wait([receiver])
+                        await self._hand_back(unstored + self._rest_of_inbox())
                 finally:
                     # Cancel the consumer only now, after the last ack: what arrived since
                     # the stop goes back to the queue (on the in-process bus, cancelling
                     # earlier would hand back the very messages being stored).
-                    receiver.cancel()
-                    stopper.cancel()
+                    for task in helpers:
+                        task.cancel()
         s = self.stats
         log.info("ingest stopped: %d rows from %d messages stored, %d duplicate messages skipped, "
                  "%d dead-lettered", s.rows, s.messages, s.duplicates, s.dead_lettered)
@@ -111,6 +119,17 @@ class IngestService:
                 self._inbox.put_nowait(delivery)
         finally:
             self._inbox.put_nowait(END)
+
+    async def _log_progress(self) -> None:
+        """One INFO line every PROGRESS_EVERY_S while rows are being stored."""
+        last, last_at = self.status(), time.monotonic()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            now, at = self.status(), time.monotonic()
+            if (now.rows, now.dead_lettered) != (last.rows, last.dead_lettered):
+                log.info("ingest: %.0f rows/s, %d rows stored, %d duplicate messages, %d dead-lettered",
+                         (now.rows - last.rows) / (at - last_at), now.rows, now.duplicates, now.dead_lettered)
+            last, last_at = now, at
 
     async def _end_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -127,36 +146,43 @@ class IngestService:
         except TimeoutError:
             return None
 
-    async def _flush_loop(self, stop: asyncio.Event, burst: bool, tasks: asyncio.TaskGroup) -> None:
+    async def _store_flushes(self, stop: asyncio.Event, burst: bool, tasks: asyncio.TaskGroup) -> list[Delivery]:
+        """Gather a flush, check it, commit it and ack it, while the next one gathers
+        (one flush commits at a time). Returns, in delivery order, what could not be
+        stored because a stop came while the database was away."""
+        committing: asyncio.Task[list[Delivery]] | None = None  # the previous flush
+        async with contextlib.aclosing(self._flushes(burst)) as flushes:
+            async for flush in flushes:
+                good = await self._check(flush)  # while the previous flush commits
+                if unstored := await _unstored(committing):
+                    return unstored + [p.delivery for p in good]
+                committing = tasks.create_task(self._commit(good, stop)) if good else None
+        return await _unstored(committing)
+
+    async def _flushes(self, burst: bool) -> AsyncIterator[list[Pending]]:
+        """Flushes as they fill: `flush_rows` rows, `flush_ms` after a flush's first
+        message, or what is in hand when the inbox ends (a stop). In burst mode they also
+        end once nothing comes and the queue is empty."""
         cfg = self.config.ingest
-        pending: list[Pending] = []
-        rows, deadline, ended = 0, None, False
-        committing: asyncio.Task[bool] | None = None  # the previous flush, still committing
-        progress = _Progress(self.stats)
         while True:
-            got = await self._next(IDLE_WAIT_S if deadline is None else max(deadline - time.monotonic(), 0))
-            if got is END:
-                ended = True
-            elif got is not None and (item := await self._accept(got)) is not None:
-                pending.append(item)
-                rows += item.batch.rows
-                deadline = deadline or time.monotonic() + cfg.flush_ms / 1000
-
-            due = deadline is not None and time.monotonic() >= deadline
-            if pending and (rows >= cfg.flush_rows or due or ended):
-                good = await self._check(pending)  # while the previous flush commits
-                if committing is not None and not await committing:  # stopped, database away
-                    return await self._hand_back([p.delivery for p in good] + self._rest_of_inbox())
-                committing = tasks.create_task(self._flush(good, stop)) if good else None
-                pending, rows, deadline = [], 0, None
-
-            if not pending and (ended or (burst and got is None)):
-                if committing is not None and not await committing:
-                    return await self._hand_back(self._rest_of_inbox())
-                committing = None
-                if ended or await self.bus.pending_transitions() == 0:
+            got = await self._next(IDLE_WAIT_S)
+            if got is None:
+                if burst and await self.bus.pending_transitions() == 0:
                     return
-            progress.maybe_log()
+                continue
+            flush, rows = [], 0
+            deadline = time.monotonic() + cfg.flush_ms / 1000
+            while got is not None and got is not END:
+                if (item := await self._accept(got)) is not None:
+                    flush.append(item)
+                    rows += item.batch.rows
+                if rows >= cfg.flush_rows:
+                    break
+                got = await self._next(max(deadline - time.monotonic(), 0))
+            if flush:
+                yield flush
+            if got is END:
+                return
 
     async def _accept(self, delivery: Delivery) -> Pending | None:
         """Decode one message (its contents are checked with the whole flush);
@@ -198,10 +224,10 @@ class IngestService:
                 self.stats.actor_models[p.batch.actor_id] = int(checked.model_version.max())
         return good
 
-    async def _flush(self, good: list[Pending], stop: asyncio.Event) -> bool:
+    async def _commit(self, good: list[Pending], stop: asyncio.Event) -> list[Delivery]:
         """Store checked messages in one transaction, then ack them; retried while the
-        database is away. False if stopped before they could be stored (then they are
-        handed back)."""
+        database is away. Returns their deliveries if stopped before they could be
+        stored, else nothing."""
         batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
 
         def failed(exc: BaseException, failures: int) -> None:
@@ -215,8 +241,7 @@ class IngestService:
             result = await retry(lambda: self.replay.write(batches), what=f"storing {len(good)} messages",
                                  errors=ReplayUnavailable, stop=stop, on_failure=failed)
         except Stopped:
-            await self._hand_back([p.delivery for p in good])
-            return False
+            return [p.delivery for p in good]
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
@@ -230,7 +255,7 @@ class IngestService:
         except BusUnavailable as exc:
             log.warning("stored %d messages but could not ack them (%s); the broker will "
                         "redeliver them and the batch ledger will skip them", len(good), exc)
-        return True
+        return []
 
     async def _hand_back(self, deliveries: list[Delivery]) -> None:
         """Give back messages that were not stored, for redelivery."""
@@ -250,18 +275,6 @@ class IngestService:
         return rest
 
 
-class _Progress:
-    """A one-line INFO progress report, at most every PROGRESS_EVERY_S, when busy."""
-
-    def __init__(self, stats: IngestStats):
-        self.stats = stats
-        self.at, self.rows, self.dead = time.monotonic(), 0, 0
-
-    def maybe_log(self) -> None:
-        now, s = time.monotonic(), self.stats
-        if now - self.at < PROGRESS_EVERY_S:
-            return
-        if s.rows != self.rows or s.dead_lettered != self.dead:
-            log.info("ingest: %.0f rows/s, %d rows stored, %d duplicate messages, %d dead-lettered",
-                     (s.rows - self.rows) / (now - self.at), s.rows, s.duplicates, s.dead_lettered)
-        self.at, self.rows, self.dead = now, s.rows, s.dead_lettered
+async def _unstored(commit: asyncio.Task[list[Delivery]] | None) -> list[Delivery]:
+    """What a flush could not store (waits for its commit); nothing for no flush."""
+    return [] if commit is None else await commit

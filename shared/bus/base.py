@@ -33,7 +33,8 @@ class Delivery(Protocol):
         earlier delivery of this consumer not settled yet: one frame for a whole flush)."""
 
     async def nack(self) -> None:
-        """The message was not stored: deliver it again later."""
+        """The message was not stored: deliver it again later (nothing to do if its
+        consumer has already given it back)."""
 
     async def dead_letter(self, reason: str) -> None:
         """The message is unusable: move it aside with `reason`, never redeliver it."""

@@ -15,6 +15,7 @@ class MemoryDelivery:
     tag: int
     _bus: "MemoryBus" = field(repr=False)
     _settled: bool = False
+    _returned: bool = False  # its consumer went away and gave it back
 
     def _settle(self) -> None:
         if self._settled:
@@ -30,6 +31,8 @@ class MemoryDelivery:
                 earlier._settle()
 
     async def nack(self) -> None:
+        if self._returned:
+            return
         self._settle()
         self._bus._queue.put_nowait((self.body, self.message_id))
 
@@ -75,9 +78,10 @@ class MemoryBus:
                 self._outstanding.add(delivery)
                 yield delivery
         finally:
-            # A consumer that goes away hands back what it had not settled, as RabbitMQ does.
-            for delivery in list(self._outstanding):
-                delivery._settled = True
+            # A consumer that goes away hands back what it had not settled, in order, as
+            # RabbitMQ does when its channel closes.
+            for delivery in sorted(self._outstanding, key=lambda d: d.tag):
+                delivery._settled = delivery._returned = True
                 self._queue.put_nowait((delivery.body, delivery.message_id))
             self._outstanding.clear()
 
