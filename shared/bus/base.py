@@ -14,6 +14,11 @@ from __future__ import annotations
 from typing import AsyncIterator, Protocol
 
 
+class BacklogFull(Exception):
+    """The bus refused a transition message: its backlog (`broker.max_backlog_bytes`) is
+    full because ingest is behind. Nothing was stored; publish it again later."""
+
+
 class Delivery(Protocol):
     body: bytes
     message_id: str | None
@@ -35,7 +40,8 @@ class Bus(Protocol):
     async def __aexit__(self, *exc) -> None: ...
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
-        """Returns once the bus has the message safely (publisher confirm)."""
+        """Returns once the bus has the message safely (publisher confirm); `BacklogFull`
+        if the backlog is at its bound."""
 
     async def consume_transitions(self, prefetch: int) -> AsyncIterator[Delivery]:
         """Start consuming: transition messages, at most `prefetch` unacknowledged."""
