@@ -27,9 +27,9 @@ from services.actor.service import ActorService
 from services.ingest.service import IngestService
 from services.trainer.service import TrainerService
 from shared.bus import MemoryBus
-from shared.bus.pipe import PipeBus, serve_pipe
+from shared.bus.pipe import PipeBus, parent_pipe, serve_pipe
 from shared.config import Config
-from shared.service import base_parser, run_service, setup_logging
+from shared.service import base_parser, run_configured, run_service
 
 log = logging.getLogger("cartridge.up")
 
@@ -48,7 +48,7 @@ async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> N
     log.info("cartridge up: %d actor processes, replay %s, models in %s (Ctrl-C stops cleanly)",
              len(workers), config.storage.sqlite_path, config.storage.local_model_dir)
     async with bus, asyncio.TaskGroup() as tasks:
-        ingesting = tasks.create_task(ingest.run(ingest_stop))
+        tasks.create_task(ingest.run(ingest_stop))
         tasks.create_task(trainer.run(trainer_stop))
         bridges = [tasks.create_task(serve_pipe(bus, w.stdout, w.stdin)) for w in workers]
         progress = tasks.create_task(_show_progress(ingest, trainer))
@@ -60,12 +60,13 @@ async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> N
                 w.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), WORKER_EXIT_S)
         await asyncio.gather(*bridges)
-        while not ingesting.done() and ingest.stats.settled < bus.published:
+        while (stored := ingest.status()).state != "stopped" and stored.settled < bus.published:
             await asyncio.sleep(0.05)  # ingest is storing the last published games
         ingest_stop.set()
         trainer_stop.set()
         progress.cancel()
-    log.info("stopped: %d positions stored this run, model %d, step %d", ingest.stats.rows, trainer.version, trainer.step)
+    stored, trained = ingest.status(), trainer.status()
+    log.info("stopped: %d positions stored this run, model %d, step %d", stored.rows, trained.version, trained.step)
 
 
 async def _spawn_worker(config: Config, index: int) -> asyncio.subprocess.Process:
@@ -79,47 +80,32 @@ async def _spawn_worker(config: Config, index: int) -> asyncio.subprocess.Proces
 
 
 async def _show_progress(ingest: IngestService, trainer: TrainerService) -> None:
-    last_rows, last_games, last_t = 0, 0, time.monotonic()
+    last, last_t = ingest.status(), time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
-        now = time.monotonic()
-        s, dt = ingest.stats, now - last_t
-        losses = trainer.last_losses
-        actors = ", ".join(f"{a}: v{v}" for a, v in sorted(s.actor_models.items())) or "none yet"
+        now, i, t = time.monotonic(), ingest.status(), trainer.status()
+        dt = now - last_t
+        actors = ", ".join(f"{a}: v{v}" for a, v in sorted(i.actor_models.items())) or "none yet"
+        loss = f"{t.loss:.3f} (policy {t.policy_loss:.3f}, value {t.value_loss:.3f})" if t.loss is not None else "-"
         log.info(
             "%.1f games/s, %.0f positions/s | replay %d positions | step %d, loss %s | model v%d | actors play %s",
-            (s.messages - last_games) / dt, (s.rows - last_rows) / dt, trainer.replay_size,
-            trainer.step, f"{losses.total:.3f} (policy {losses.policy:.3f}, value {losses.value:.3f})" if losses else "-",
-            trainer.version, actors,
+            (i.messages - last.messages) / dt, (i.rows - last.rows) / dt, t.replay_size, t.step, loss,
+            t.version, actors,
         )
-        last_rows, last_games, last_t = s.rows, s.messages, now
+        last, last_t = i, now
 
 
-async def _worker() -> None:
-    config = msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
-    setup_logging(config.common.log_level)
-    # Frames go to the parent on the real stdout; anything else printed goes to stderr.
-    frames = os.dup(1)
-    os.dup2(2, 1)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(frames, "wb"))
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+async def _worker(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> None:
+    reader, writer = await parent_pipe()
     # A parent that is gone cannot store anything more: stop then too.
     await ActorService(config, bus=PipeBus(reader, writer, closed=stop)).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--worker"]:
-        import uvloop
-
-        uvloop.run(_worker())
-        return 0
+    if argv == ["--worker"]:  # an actor process of ours: its config comes from us
+        config = msgspec.json.decode(os.environ[CONFIG_ENV], type=Config)
+        return run_configured(_worker, config, argparse.Namespace(), "cartridge up worker")
     parser = base_parser("cartridge up", "Run actors, ingest and trainer on this machine, no services needed.")
     parser.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="actor processes (default: one per core)")
     return run_service(up, parser, argv, defaults=EMBEDDED)

@@ -1,22 +1,48 @@
-"""Waiting for a dependency at start-up: bounded, logged retries with exponential backoff.
+"""Trying again while a dependency is away: one backoff policy, one helper.
 
-Services start together (compose starts them in parallel, a database may still be
-recovering), so a refused connection at start-up is normal for a while; a dependency
-that stays away is not, and the service then stops with one clear line instead of
-restarting in a tight loop.
+Every caller names only what it retries (the call, and the errors that mean "not now")
+and what it does between tries; the waiting is the same everywhere:
+- at start-up (`reach`), bounded: services start together (compose starts them in
+  parallel, a database may still be recovering), so a refused connection is normal for
+  a while; a dependency that stays away is not, and the service then stops with one
+  clear line instead of restarting in a tight loop;
+- while running (`retry` with a `stop` event), unbounded: the call is tried again until
+  it succeeds or the service is asked to stop, and a stop ends the wait at once.
+Each failed try is logged at DEBUG; what a person needs to read is the caller's to say.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Awaitable, Callable, TypeVar
+import time
+from typing import Awaitable, Callable, Iterator, TypeVar
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-FIRST_DELAY_S = 0.5
-MAX_DELAY_S = 10.0
+
+
+class Backoff(msgspec.Struct, frozen=True):
+    """The waits between tries: `first`, then each `factor` times the one before, never
+    more than `max` (seconds)."""
+
+    first: float
+    max: float
+    factor: float = 2.0
+
+    def delay(self, failures: int) -> float:
+        """The wait after `failures` failed tries in a row (1 for the first)."""
+        return min(self.first * self.factor ** (failures - 1), self.max)
+
+
+# Start-up: about four minutes over the default 30 attempts before giving up.
+STARTUP = Backoff(first=0.5, max=10.0)
+# While running: soon after a blip, then every few seconds.
+RUNNING = Backoff(first=0.2, max=5.0)
 
 
 class DependencyError(Exception):
@@ -33,19 +59,73 @@ class Refused(DependencyError):
     help, so this is not retried."""
 
 
+class Stopped(Exception):
+    """The service was asked to stop while waiting to try again."""
+
+
+async def retry(call: Callable[[], Awaitable[T]], *, what: str,
+                errors: type[BaseException] | tuple[type[BaseException], ...],
+                backoff: Backoff = RUNNING, stop: asyncio.Event | None = None, attempts: int | None = None,
+                on_failure: Callable[[BaseException, int], None] | None = None) -> T:
+    """`await call()` until it succeeds. `errors` mean "not now"; anything else
+    propagates at once. After a failure: `on_failure(error, failures so far)`, then the
+    backoff's wait, which `stop` cuts short by raising `Stopped`. With `attempts`, the
+    last failure propagates."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except errors as exc:
+            failures += 1
+            if attempts is not None and failures >= attempts:
+                raise
+            if on_failure is not None:
+                on_failure(exc, failures)
+            delay = backoff.delay(failures)
+            log.debug("%s failed (%s: %s); try %d in %.2f s", what, type(exc).__name__, exc, failures + 1, delay)
+            await pause(delay, stop)
+
+
+async def pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep `seconds`; `Stopped` as soon as `stop` is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return
+    raise Stopped
+
+
 async def reach(what: str, attempt: Callable[[], Awaitable[T]], *, attempts: int,
                 errors: tuple[type[BaseException], ...]) -> T:
-    """`await attempt()` until it succeeds, at most `attempts` times; `errors` are the
-    exceptions that mean "not there yet" (anything else propagates at once). `what`
-    names the dependency in logs and must not hold a password (see `mask_url`)."""
-    for n in range(1, attempts + 1):
-        try:
-            return await attempt()
-        except errors as exc:
-            if n == attempts:
-                raise Unreachable(f"{what} unreachable after {n} attempts: {exc}") from None
-            delay = min(FIRST_DELAY_S * 2 ** (n - 1), MAX_DELAY_S)
-            log.warning("%s unreachable (%s); attempt %d of %d, retrying in %.1fs",
-                        what, exc, n, attempts, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("attempts must be >= 1")
+    """`await attempt()` until it succeeds, at most `attempts` times (start-up); then
+    `Unreachable`. `what` names the dependency in logs and must not hold a password
+    (see `mask_url`)."""
+    started = time.monotonic()
+
+    def waiting(exc: BaseException, failures: int) -> None:
+        if failures == 1:
+            log.warning("%s unreachable (%s); retrying in %.1f s, %d attempts at most",
+                        what, exc, STARTUP.delay(1), attempts)
+
+    try:
+        result = await retry(attempt, what=f"reaching {what}", errors=errors, backoff=STARTUP,
+                             attempts=attempts, on_failure=waiting)
+    except errors as exc:
+        raise Unreachable(f"{what} unreachable after {attempts} attempts: {exc}") from None
+    if (waited := time.monotonic() - started) >= STARTUP.first:
+        log.info("%s reached after %.0f s", what, waited)
+    return result
+
+
+
+@contextlib.contextmanager
+def translated(errors: tuple[type[BaseException], ...], into: type[Exception], where: str) -> Iterator[None]:
+    """Raise `errors` as `into` ("`where`: what happened"): a back end's callers see its
+    own error type (e.g. `ReplayUnavailable`), never its driver's."""
+    try:
+        yield
+    except errors as exc:
+        raise into(f"{where}: {type(exc).__name__}: {exc}") from exc

@@ -63,6 +63,12 @@ def run_service(service: Service, parser: argparse.ArgumentParser, argv: list[st
                 defaults: dict | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_command_config(parser, args, flag_overrides(args) if flag_overrides else None, defaults)
+    return run_configured(service, config, args, parser.prog)
+
+
+def run_configured(service: Service, config: Config, args: argparse.Namespace, prog: str) -> int:
+    """What `run_service` does once the config is loaded (logging, uvloop, signals, exit
+    codes); called directly by a worker process whose parent hands it its config."""
     setup_logging(config.common.log_level)
 
     async def main() -> None:
@@ -86,11 +92,11 @@ def run_service(service: Service, parser: argparse.ArgumentParser, argv: list[st
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
     except ConfigError as exc:  # e.g. an env_id no game has
-        print(f"{parser.prog}: configuration error: {exc}", file=sys.stderr)
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
     except DependencyError as exc:  # e.g. a database that never came up: one clear line
         log.error("%s", exc)
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:
         return 1

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bus import Bus
+from shared.bus import Bus, BusUnavailable
 from shared.messages import TransitionBatch, encode_transitions
+from shared.retry import retry
 
 log = logging.getLogger(__name__)
-
-RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class GamePublisher:
@@ -36,6 +35,7 @@ class GamePublisher:
         self._confirmed_log = open(confirmed_log, "a", buffering=1) if confirmed_log else None
         self._slots = asyncio.Semaphore(max_unconfirmed)
         self._pending: set[asyncio.Task] = set()
+        self._error: BaseException | None = None  # a publish that failed for good: a bug
         self.confirmed_batches = 0
         self.confirmed_rows = 0
         self.retries = 0
@@ -46,29 +46,31 @@ class GamePublisher:
 
     async def publish(self, batch: TransitionBatch) -> None:
         """Start publishing `batch`; returns once it is in flight (waits while the
-        unconfirmed backlog is full)."""
+        unconfirmed backlog is full). Raises what made an earlier publish fail for good
+        (not an outage, which is retried: a bug)."""
+        if self._error is not None:
+            raise self._error
         await self._slots.acquire()
         task = asyncio.create_task(self._publish_until_confirmed(batch), name=f"publish {batch.batch_id}")
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._error = self._error or task.exception()
 
     async def _publish_until_confirmed(self, batch: TransitionBatch) -> None:
         body = encode_transitions(batch)
-        attempt = 0
+
+        def failed(exc: BaseException, failures: int) -> None:
+            self.retries += 1
+            log.warning("publish of batch %s failed (%s: %s); retry %d",
+                        batch.batch_id, type(exc).__name__, exc, failures)
+
         try:
-            while True:
-                try:
-                    await self._bus.publish_transitions(body, message_id=batch.batch_id)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # connection lost, channel closed, nack: try again
-                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                    attempt += 1
-                    self.retries += 1
-                    log.warning("publish of batch %s failed (%s: %s); retry %d in %.2fs",
-                                batch.batch_id, type(exc).__name__, exc, attempt, delay)
-                    await asyncio.sleep(delay)
+            await retry(lambda: self._bus.publish_transitions(body, message_id=batch.batch_id),
+                        what=f"publish of batch {batch.batch_id}", errors=BusUnavailable, on_failure=failed)
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
             if self._confirmed_log is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +24,12 @@ from typing import AsyncIterator
 from services.actor.publisher import GamePublisher
 from services.actor.reloader import ModelReloader
 from services.actor.selfplay import SelfPlay
-from shared.bus import Bus, RabbitBus
+from shared.bus import ActorBus, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.inference import Evaluator
 from shared.model_store import ModelStore, open_model_store
+from shared.status import ActorStatus, Lifecycle, instance_name
 from shared.transitions import Transitions, to_batch
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,19 @@ def _lower_thread_priority() -> None:
         pass
 
 
-def default_actor_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class ActorService:
-    def __init__(self, config: Config, *, bus: Bus | None = None, store: ModelStore | None = None):
+    def __init__(self, config: Config, *, bus: ActorBus | None = None, store: ModelStore | None = None):
         """`bus` and `store` default to what `config` names (RabbitMQ, S3 or a directory)."""
         self.config = config
         self.game = get_game(config.common.env_id)
-        self.actor_id = config.actor.actor_id or default_actor_id()
+        self.actor_id = config.actor.actor_id or instance_name()
         self.selfplay: SelfPlay | None = None
         self.reloader: ModelReloader | None = None
         self.publisher: GamePublisher | None = None
-        self.bus = bus or RabbitBus(config.broker, name=f"actor {self.actor_id}")
+        self.bus = bus or open_bus(config.broker, name=f"actor {self.actor_id}")
         self.store = store or open_model_store(config.storage)
         self.ready = asyncio.Event()  # set once the first model is loaded and play begins
+        self._lifecycle = Lifecycle()
         # Cleared while a control event is handled: self-play yields the CPU so the new
         # model is downloaded and swapped in as fast as the machine allows.
         self._may_play = asyncio.Event()
@@ -73,10 +70,22 @@ class ActorService:
     def model_version(self) -> int:
         return self.reloader.current.version if self.reloader else 0
 
+    def status(self) -> ActorStatus:
+        sp, publisher, reloader = self.selfplay, self.publisher, self.reloader
+        return ActorStatus(
+            name=self.actor_id, state=self._lifecycle.state,
+            games=sp.stats.games if sp else 0, positions=sp.stats.positions if sp else 0,
+            simulations=sp.stats.simulations if sp else 0, model_version=self.model_version,
+            published_positions=publisher.confirmed_rows if publisher else 0,
+            unconfirmed=publisher.unconfirmed if publisher else 0,
+            publish_retries=publisher.retries if publisher else 0,
+            reload_latency_ms=reloader.updates[-1][1] if reloader and reloader.updates else None,
+        )
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         cfg = self.config
-        async with self.bus, self.store as store:
+        async with self._lifecycle, self.bus, self.store as store:
             self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed, cfg.actor.confirmed_log)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)
             await self.reloader.load_initial()
@@ -87,15 +96,17 @@ class ActorService:
             log.info("actor %s playing %s with model %d, %d games in parallel",
                      self.actor_id, self.game.env_id, self.model_version, cfg.actor.parallel_games)
             self.ready.set()
+            self._lifecycle.started(stop)
             async with asyncio.TaskGroup() as tasks:
                 listen = tasks.create_task(self._listen(events))
                 await self._play(stop)
                 listen.cancel()
             drained = await self.publisher.drain(DRAIN_TIMEOUT_S)
             self.publisher.close()
-            log.info("actor %s stopped: %d games, %d positions published and confirmed%s",
-                     self.actor_id, self.selfplay.stats.games, self.publisher.confirmed_rows,
-                     "" if drained else " (some unconfirmed at shutdown)")
+            s = self.status()
+            log.info("actor %s stopped: %d games, %d positions published and confirmed%s; %d publishes retried",
+                     self.actor_id, s.games, s.published_positions,
+                     "" if drained else " (some unconfirmed at shutdown)", s.publish_retries)
 
     def _swap(self, evaluator: Evaluator) -> None:
         # Read once per step by SelfPlay, so the switch lands between two search steps.
@@ -130,11 +141,11 @@ class ActorService:
         now = time.monotonic()
         if now - self._last_log < PROGRESS_EVERY_S:
             return
-        sp = self.selfplay
-        rate = (sp.stats.positions - self._last_positions) / (now - self._last_log)
+        s = self.status()
+        rate = (s.positions - self._last_positions) / (now - self._last_log)
         log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed",
-                 self.actor_id, sp.stats.games, rate, self.model_version, self.publisher.unconfirmed)
-        self._last_log, self._last_positions = now, sp.stats.positions
+                 self.actor_id, s.games, rate, s.model_version, s.unconfirmed)
+        self._last_log, self._last_positions = now, s.positions
 
     async def _listen(self, events: AsyncIterator[bytes]) -> None:
         assert self.reloader is not None

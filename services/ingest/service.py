@@ -24,18 +24,18 @@ import time
 from dataclasses import dataclass, field
 
 from services.ingest.checks import check_many
-from shared.bus import Bus, Delivery, RabbitBus
-from shared.bus.rabbitmq import CONNECTION_LOST
+from shared.bus import BusUnavailable, Delivery, TransitionConsumer, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
-from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
+from shared.replay import Replay, ReplayUnavailable, open_replay
+from shared.retry import Stopped, retry
+from shared.status import IngestStatus, Lifecycle, instance_name
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
-RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5)  # between attempts of a flush the database refused
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
@@ -62,24 +62,35 @@ class IngestStats:
 
 
 class IngestService:
-    def __init__(self, config: Config, *, bus: Bus | None = None, replay: Replay | None = None):
+    def __init__(self, config: Config, *, bus: TransitionConsumer | None = None, replay: Replay | None = None):
         """`bus` and `replay` default to what `config` names (RabbitMQ, `storage`)."""
         self.config = config
         self.game = get_game(config.common.env_id)
-        self.bus = bus or RabbitBus(config.broker, name="ingest")
+        self.name = instance_name()
+        self.bus = bus or open_bus(config.broker, name="ingest")
         self.replay = replay or open_replay(config.storage, self.game)
         self.stats = IngestStats()
         self.consuming = asyncio.Event()  # set once the store is open and consuming starts
+        self._lifecycle = Lifecycle()
         self._inbox: asyncio.Queue = asyncio.Queue()  # deliveries, then END
+
+    def status(self) -> IngestStatus:
+        s = self.stats
+        return IngestStatus(
+            name=self.name, state=self._lifecycle.state, messages=s.messages, rows=s.rows,
+            duplicates=s.duplicates, dead_lettered=s.dead_lettered, flushes=s.flushes,
+            write_failures=s.write_failures, settled=s.settled, actor_models=dict(s.actor_models),
+        )
 
     async def run(self, stop: asyncio.Event | None = None, burst: bool = False) -> None:
         stop = stop or asyncio.Event()
-        async with self.bus, self.replay:
+        async with self._lifecycle, self.bus, self.replay:
             deliveries = await self.bus.consume_transitions(self.config.ingest.prefetch)
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
                 stopper = tasks.create_task(self._end_on(stop))
                 self.consuming.set()
+                self._lifecycle.started(stop)
                 try:
                     await self._flush_loop(stop, burst, tasks)
                 finally:
@@ -167,7 +178,7 @@ class IngestService:
         log.error("dead-lettering message %s: %s", delivery.message_id, reason)
         try:
             await delivery.dead_letter(str(reason))  # acked once the dead-letter copy is confirmed
-        except CONNECTION_LOST as exc:
+        except BusUnavailable as exc:
             log.warning("could not dead-letter message %s (%s); the broker will redeliver it",
                         delivery.message_id, exc)
             return
@@ -192,25 +203,20 @@ class IngestService:
         database is away. False if stopped before they could be stored (then they are
         handed back)."""
         batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
-        attempt = 0
-        while True:
-            try:
-                result = await self.replay.write(batches)
-                break
-            except REPLAY_UNAVAILABLE as exc:
-                # Every message was checked before, so the data is not the cause: keep the
-                # messages unacked and try again. Any other error is a bug and stops ingest.
-                self.stats.write_failures += 1
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                attempt += 1
-                log.warning("storing %d messages failed (%s: %s); nothing acked, retrying in %ss",
-                            len(good), type(exc).__name__, exc, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                await self._hand_back([p.delivery for p in good])
-                return False
+
+        def failed(exc: BaseException, failures: int) -> None:
+            self.stats.write_failures += 1
+            log.warning("storing %d messages failed (%s: %s); nothing acked, retry %d",
+                        len(good), type(exc).__name__, exc, failures)
+
+        try:
+            # Every message was checked before, so the data is not the cause: keep the
+            # messages unacked and try again. Any other error is a bug and stops ingest.
+            result = await retry(lambda: self.replay.write(batches), what=f"storing {len(good)} messages",
+                                 errors=ReplayUnavailable, stop=stop, on_failure=failed)
+        except Stopped:
+            await self._hand_back([p.delivery for p in good])
+            return False
         self.stats.rows += result.inserted_rows
         self.stats.duplicates += result.duplicate_batches
         self.stats.flushes += 1
@@ -221,7 +227,7 @@ class IngestService:
         # one multiple-ack settles the whole flush.
         try:
             await good[-1].delivery.ack(multiple=True)
-        except CONNECTION_LOST as exc:
+        except BusUnavailable as exc:
             log.warning("stored %d messages but could not ack them (%s); the broker will "
                         "redeliver them and the batch ledger will skip them", len(good), exc)
         return True
@@ -231,7 +237,7 @@ class IngestService:
         for delivery in deliveries:
             try:
                 await delivery.nack()
-            except CONNECTION_LOST:
+            except BusUnavailable:
                 return  # the broker requeues them all by itself
         if deliveries:
             log.info("handed %d unstored messages back to the queue", len(deliveries))

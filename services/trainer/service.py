@@ -12,7 +12,6 @@ and a stored version is never overwritten.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 
@@ -23,19 +22,19 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
-from shared.bus import Bus, RabbitBus
-from shared.bus.rabbitmq import CONNECTION_LOST
+from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
-from shared.replay import REPLAY_UNAVAILABLE, Replay, open_replay
+from shared.replay import Replay, ReplayUnavailable, open_replay
+from shared.retry import Stopped, pause, retry
+from shared.status import Lifecycle, TrainerStatus, instance_name
 
 log = logging.getLogger(__name__)
 
 WAIT_FOR_DATA_S = 2.0  # how often to look at the replay size while below min_transitions
 REFRESH_EVERY_STEPS = 100  # pull new rows into the window this often within a cycle
-RETRY_DELAYS = (0.5, 1, 2, 5, 10)  # while the replay, model store or broker is away
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,12 +46,13 @@ def pick_device(name: str) -> torch.device:
 
 
 class TrainerService:
-    def __init__(self, config: Config, *, bus: Bus | None = None, store: ModelStore | None = None,
+    def __init__(self, config: Config, *, bus: EventPublisher | None = None, store: ModelStore | None = None,
                  replay: Replay | None = None):
         """`bus`, `store` and `replay` default to what `config` names."""
         self.config = config
         self.game = get_game(config.common.env_id)
-        self.bus = bus or RabbitBus(config.broker, name="trainer")
+        self.name = instance_name()
+        self.bus = bus or open_bus(config.broker, name="trainer")
         self.store = store or open_model_store(config.storage)
         self.replay = replay or open_replay(config.storage, self.game)
         self.device = pick_device(config.training.device)
@@ -63,27 +63,41 @@ class TrainerService:
         self.window = ReplayWindow(self.game, t.window_size)
         self.rng = np.random.default_rng()
         self.step = 0
+        self.steps_this_run = 0
         self.version = 0
         self.cycles_done = 0
         self.last_losses: StepLosses | None = None
         self.replay_size = 0  # positions in the replay buffer, as last seen
+        self._lifecycle = Lifecycle()
+
+    def status(self) -> TrainerStatus:
+        losses = self.last_losses
+        return TrainerStatus(
+            name=self.name, state=self._lifecycle.state, step=self.step, version=self.version,
+            replay_size=self.replay_size, window_size=self.window.filled,
+            loss=losses.total if losses else None, policy_loss=losses.policy if losses else None,
+            value_loss=losses.value if losses else None,
+            samples=self.steps_this_run * self.config.training.batch_size,
+            positions_loaded=self.window.total_loaded,
+        )
 
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
         """Train until `stop` is set, or for `cycles` cycles."""
         stop = stop or asyncio.Event()
         cfg = self.config
-        async with self.bus, self.store as store, self.replay as replay:
+        async with self._lifecycle, self.bus, self.store as store, self.replay as replay:
             await self._resume(store)
-            if not await self._wait_for_data(replay, stop):
-                return
-            while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
-                await self._cycle(replay, stop)
-                if stop.is_set() and self.step % cfg.training.steps_per_iteration:
-                    break  # interrupted mid-cycle: the last checkpoint stands
-                info = await self._publish(store, stop)
-                if info is None:
-                    break
-                self.cycles_done += 1
+            self._lifecycle.started(stop)
+            try:
+                await self._wait_for_data(replay, stop)
+                while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
+                    await self._cycle(replay, stop)
+                    if stop.is_set() and self.step % cfg.training.steps_per_iteration:
+                        break  # interrupted mid-cycle: the last checkpoint stands
+                    await self._publish(store, stop)
+                    self.cycles_done += 1
+            except Stopped:
+                pass  # asked to stop while a dependency was away: the last checkpoint stands
 
     async def _resume(self, store) -> None:
         env_id = self.game.env_id
@@ -102,22 +116,15 @@ class TrainerService:
             log.info("store already has model %d; next version is %d", newest, newest + 1)
             self.version = newest
 
-    async def _wait_for_data(self, replay, stop: asyncio.Event) -> bool:
+    async def _wait_for_data(self, replay, stop: asyncio.Event) -> None:
         needed = self.config.training.min_transitions
-        while not stop.is_set():
-            have = await self._retrying(lambda: replay.count(self.game.env_id), stop,
-                                        REPLAY_UNAVAILABLE, "replay database")
-            if have is None:
-                return False
-            self.replay_size = have
-            if have >= needed:
-                return True
-            log.info("waiting for data: %d of %d positions in the replay buffer", have, needed)
-            try:
-                await asyncio.wait_for(stop.wait(), WAIT_FOR_DATA_S)
-            except TimeoutError:
-                pass
-        return False
+        while True:
+            self.replay_size = await self._retrying(lambda: replay.count(self.game.env_id), stop,
+                                                    ReplayUnavailable, "replay database")
+            if self.replay_size >= needed:
+                return
+            log.info("waiting for data: %d of %d positions in the replay buffer", self.replay_size, needed)
+            await pause(WAIT_FOR_DATA_S, stop)
 
     async def _cycle(self, replay, stop: asyncio.Event) -> None:
         t = self.config.training
@@ -125,9 +132,7 @@ class TrainerService:
         end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
         while self.step < end_step and not stop.is_set():
             added = await self._retrying(lambda: self.window.refresh(replay), stop,
-                                         REPLAY_UNAVAILABLE, "replay database")
-            if added is None:
-                break
+                                         ReplayUnavailable, "replay database")
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
@@ -147,6 +152,7 @@ class TrainerService:
             batch = self.window.sample(self.config.training.batch_size, self.rng)
             losses = train_step(self.model, self.optimizer, batch, self.device)
             self.step += 1
+            self.steps_this_run += 1
         return losses
 
     async def _put_model(self, store, version: int, onnx_bytes: bytes) -> ModelInfo:
@@ -167,25 +173,16 @@ class TrainerService:
 
     async def _retrying(self, call, stop: asyncio.Event, errors=StoreUnavailable, what="model store"):
         """`await call()`, retried with backoff while it raises one of `errors` (a
-        dependency is away); None if `stop` is set first."""
-        for attempt in itertools.count():
-            try:
-                return await call()
-            except errors as exc:
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                log.warning("%s unavailable (%s: %s); retrying in %ss", what, type(exc).__name__, exc, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                    return None
-                except TimeoutError:
-                    pass
+        dependency is away); `Stopped` if `stop` is set first."""
+        def failed(exc: BaseException, failures: int) -> None:
+            log.warning("%s unavailable (%s: %s); retry %d", what, type(exc).__name__, exc, failures)
 
-    async def _publish(self, store, stop: asyncio.Event) -> ModelInfo | None:
+        return await retry(call, what=what, errors=errors, stop=stop, on_failure=failed)
+
+    async def _publish(self, store, stop: asyncio.Event) -> None:
         """Export, upload, checkpoint, announce. Store outages are retried until `stop`."""
         onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
         info = await self._retrying(lambda: self._put_model(store, self.version + 1, onnx_bytes), stop)
-        if info is None:
-            return None
         version = info.version
         checkpoint = Checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -193,15 +190,17 @@ class TrainerService:
         )
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
             data = await asyncio.to_thread(checkpoint.to_bytes)
-            if await self._retrying(lambda: store.put_checkpoint(self.game.env_id, version, data), stop) is None:
-                return None
+            await self._retrying(lambda: store.put_checkpoint(self.game.env_id, version, data), stop)
         self.version = version
         event = ModelPublished(
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
             size=info.size, step=info.step,
         )
-        # The model is stored either way; actors that miss the event pick it up at start.
-        await self._retrying(lambda: self.bus.publish_event(encode_event(event)), stop,
-                             (*CONNECTION_LOST, TimeoutError), "broker")
+        try:
+            await self._retrying(lambda: self.bus.publish_event(encode_event(event)), stop,
+                                 BusUnavailable, "broker")
+        except Stopped:
+            # The model is stored either way; actors that miss the event pick it up at start.
+            log.warning("stopped before model %d was announced; actors load it when they start", version)
+            return
         log.info("published model %d (step %d, %d bytes)", version, self.step, info.size)
-        return info

@@ -6,15 +6,19 @@ stdout as length-prefixed frames of plain bytes (no pickle):
     C <32-char message id>          parent -> worker: that batch is on the bus (confirm)
     E <body>                        parent -> worker: a control event
 The parent's side (`serve_pipe`) forwards T frames to its bus and confirms them, and
-forwards every event of its own subscription as E frames.
+forwards every event of its own subscription as E frames. A worker publishes transitions
+and subscribes to events, nothing else: `PipeBus` is an `ActorBus`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import sys
 from typing import AsyncIterator
+
+from shared.bus.base import ActorBus, BusUnavailable
 
 HEADER = struct.Struct(">IB")  # payload length, frame kind
 ID_LEN = 32
@@ -40,10 +44,23 @@ def pad_id(message_id: str) -> bytes:
     return raw
 
 
+async def parent_pipe() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A worker's ends of the pipe: frames from its stdin, frames to its real stdout.
+    Anything else written to stdout from now on goes to stderr, so that a stray print
+    cannot corrupt a frame."""
+    frames = os.dup(1)
+    os.dup2(2, 1)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(frames, "wb"))
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class PipeBus:
     """The worker's bus: publishes through the parent, receives the parent's events."""
 
-    def __init__(self, reader: asyncio.StreamReader | None = None, writer: asyncio.StreamWriter | None = None,
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  closed: asyncio.Event | None = None):
         """`closed` is set when the parent goes away (a worker should then stop)."""
         self._reader, self._writer = reader, writer
@@ -53,8 +70,6 @@ class PipeBus:
         self._pump: asyncio.Task | None = None
 
     async def __aenter__(self) -> "PipeBus":
-        if self._reader is None:
-            self._reader, self._writer = await _stdio_streams()
         self._pump = asyncio.create_task(self._receive())
         return self
 
@@ -74,23 +89,18 @@ class PipeBus:
         self.closed.set()
         for future in self._confirms.values():  # the parent is gone: nothing will confirm
             if not future.done():
-                future.set_exception(ConnectionError("parent process closed the pipe"))
+                future.set_exception(BusUnavailable("parent process closed the pipe"))
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
         key = pad_id(message_id)
         future = self._confirms[key] = asyncio.get_running_loop().create_future()
-        self._writer.write(frame(b"T", key + body))
-        await self._writer.drain()
+        try:
+            self._writer.write(frame(b"T", key + body))
+            await self._writer.drain()
+        except ConnectionError as exc:  # the parent is gone
+            self._confirms.pop(key, None)
+            raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
         await future
-
-    async def consume_transitions(self, prefetch: int):
-        raise NotImplementedError("a worker's pipe only publishes transitions")
-
-    async def pending_transitions(self) -> int:
-        raise NotImplementedError("a worker's pipe only publishes transitions")
-
-    async def publish_event(self, body: bytes) -> None:
-        raise NotImplementedError("workers do not publish events")
 
     async def subscribe_events(self) -> AsyncIterator[bytes]:
         return self._event_stream()
@@ -100,16 +110,7 @@ class PipeBus:
             yield await self._events.get()
 
 
-async def _stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer
-
-
-async def serve_pipe(bus, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_pipe(bus: ActorBus, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """The parent's side for one worker: until the worker's stdout closes, forward its
     transition batches to `bus` (confirming each) and `bus`'s events to the worker."""
     events = await bus.subscribe_events()

@@ -29,14 +29,15 @@ from aio_pika.abc import (
 from aio_pika.exceptions import DeliveryError
 from aiormq.exceptions import (
     AMQPConnectionError,
+    AMQPError,
     ChannelInvalidStateError,
     ChannelPreconditionFailed,
     ProbableAuthenticationError,
 )
 
-from shared.bus.base import BacklogFull
+from shared.bus.base import BacklogFull, BusUnavailable
 from shared.config import BrokerConfig, mask_url
-from shared.retry import Refused, reach
+from shared.retry import Refused, reach, translated
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,14 @@ async def bind_event_queue(channel: AbstractChannel, broker: BrokerConfig) -> Ab
 # came on) is gone. The broker then redelivers every unacked message by itself, so the
 # caller logs it and carries on; any other AMQP error is a bug or a topology problem.
 CONNECTION_LOST = (ConnectionError, ChannelInvalidStateError)
+# What a publish may raise that trying again can cure: the above, a nack, a channel
+# closed under it, "connection was not opened" while reconnecting, no confirm in time.
+PUBLISH_FAILED = (*CONNECTION_LOST, AMQPError, RuntimeError, TimeoutError)
+
+
+def unavailable_on(errors: tuple[type[BaseException], ...]):
+    """Services see `BusUnavailable`, never aio-pika's errors."""
+    return translated(errors, BusUnavailable, "RabbitMQ")
 
 
 @dataclass
@@ -152,25 +161,28 @@ class RabbitDelivery:
         return self.message.message_id
 
     async def ack(self, multiple: bool = False) -> None:
-        await self.message.ack(multiple=multiple)
+        with unavailable_on(CONNECTION_LOST):
+            await self.message.ack(multiple=multiple)
 
     async def nack(self) -> None:
-        await self.message.nack(requeue=True)
+        with unavailable_on(CONNECTION_LOST):
+            await self.message.nack(requeue=True)
 
     async def dead_letter(self, reason: str) -> None:
         # Published explicitly (not basic.reject) so the reason travels with it; acked
         # only once the dead-letter copy is confirmed, so it is never lost in between.
         headers = dict(self.message.headers or {})
         headers[ERROR_HEADER] = reason[:1000]
-        channel = await self.bus._confirming_channel()
-        dlx = await channel.get_exchange(self.bus.config.dead_letter_exchange, ensure=False)
-        await dlx.publish(
-            aio_pika.Message(self.message.body, headers=headers, message_id=self.message.message_id,
-                             content_type=self.message.content_type,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self.bus.config.transitions_queue,
-        )
-        await self.message.ack()
+        with unavailable_on(CONNECTION_LOST):
+            channel = await self.bus._confirming_channel()
+            dlx = await channel.get_exchange(self.bus.config.dead_letter_exchange, ensure=False)
+            await dlx.publish(
+                aio_pika.Message(self.message.body, headers=headers, message_id=self.message.message_id,
+                                 content_type=self.message.content_type,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.bus.config.transitions_queue,
+            )
+            await self.message.ack()
 
 
 class RabbitBus:
@@ -201,16 +213,19 @@ class RabbitBus:
         return self._publisher
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
-        channel = await self._confirming_channel()
         try:
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                 content_type=CONTENT_TYPE_MSGPACK, message_id=message_id),
-                routing_key=self.config.transitions_queue,
-            )
-        except DeliveryError:  # a nack: the queue is at x-max-length-bytes (reject-publish)
-            raise BacklogFull(f"RabbitMQ refused the message: queue {self.config.transitions_queue} "
-                              f"is full (max_backlog_bytes {self.config.max_backlog_bytes})") from None
+            with unavailable_on(PUBLISH_FAILED):
+                channel = await self._confirming_channel()
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                     content_type=CONTENT_TYPE_MSGPACK, message_id=message_id),
+                    routing_key=self.config.transitions_queue,
+                )
+        except BusUnavailable as exc:
+            if isinstance(exc.__cause__, DeliveryError):  # a nack: reject-publish, the queue is at its bound
+                raise BacklogFull(f"RabbitMQ refused the message: queue {self.config.transitions_queue} is full "
+                                  f"(max_backlog_bytes {self.config.max_backlog_bytes})") from None
+            raise
 
     async def consume_transitions(self, prefetch: int) -> AsyncIterator[RabbitDelivery]:
         channel = await self.connection.channel()
@@ -225,16 +240,18 @@ class RabbitBus:
 
     async def pending_transitions(self) -> int:
         """Messages ready in the transitions queue (not counting unacked ones)."""
-        channel = await self._confirming_channel()
-        # The raw channel: aio-pika's robust channel answers a repeated declare from its
-        # cache, with the count of the first declaration.
-        raw = await channel.get_underlay_channel()
-        return (await raw.queue_declare(self.config.transitions_queue, passive=True)).message_count
+        with unavailable_on(CONNECTION_LOST):
+            channel = await self._confirming_channel()
+            # The raw channel: aio-pika's robust channel answers a repeated declare from
+            # its cache, with the count of the first declaration.
+            raw = await channel.get_underlay_channel()
+            return (await raw.queue_declare(self.config.transitions_queue, passive=True)).message_count
 
     async def publish_event(self, body: bytes) -> None:
-        channel = await self._confirming_channel()
-        exchange = await channel.get_exchange(self.config.models_exchange, ensure=False)
-        await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE_JSON), routing_key="")
+        with unavailable_on(PUBLISH_FAILED):
+            channel = await self._confirming_channel()
+            exchange = await channel.get_exchange(self.config.models_exchange, ensure=False)
+            await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE_JSON), routing_key="")
 
     async def subscribe_events(self) -> AsyncIterator[bytes]:
         # Control events get a connection of their own: RabbitMQ throttles a connection

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Protocol
-
-import asyncpg
 
 from shared.config import StorageConfig
 from shared.games import Game
@@ -13,10 +10,10 @@ from shared.replay.rows import WriteResult
 from shared.transitions import Transitions
 
 
-# What a replay call raises while the database is away or refuses for now (connection
-# lost, restarting, locked, table missing): the caller keeps its data and tries again.
-REPLAY_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                      sqlite3.OperationalError)
+class ReplayUnavailable(ConnectionError):
+    """The database is away or refuses for now (connection lost, restarting, locked,
+    table missing): the caller keeps its data and tries again. Each back end raises it
+    for its own driver's errors."""
 
 
 class Replay(Protocol):
@@ -48,4 +45,4 @@ def open_replay(storage: StorageConfig, game: Game) -> Replay:
     return PostgresReplay(storage, game)
 
 
-__all__ = ["Replay", "WriteResult", "open_replay"]
+__all__ = ["Replay", "ReplayUnavailable", "WriteResult", "open_replay"]

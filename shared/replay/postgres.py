@@ -28,14 +28,18 @@ import numpy as np
 
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
+from shared.replay import ReplayUnavailable
 from shared.replay.rows import WriteResult, decode_rows
-from shared.retry import Refused, reach
+from shared.retry import Refused, reach, translated
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value"]
 MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
+# What a call raises while the server is away or refuses for now (connection lost,
+# restarting, table missing): raised to callers as ReplayUnavailable.
+UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PostgresReplay:
@@ -67,6 +71,9 @@ class PostgresReplay:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+
+    def _unavailable_as_replay_error(self):
+        return translated(UNAVAILABLE, ReplayUnavailable, f"PostgreSQL at {mask_url(self.url)}")
 
     async def _create_database(self) -> None:
         """CREATE DATABASE cannot run in a transaction and has no IF NOT EXISTS: try the
@@ -126,22 +133,23 @@ class PostgresReplay:
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
         """Store the batches not stored before, in one transaction."""
         unique = {b[0]: b for b in batches}  # the same message twice in one flush
-        async with self.pool.acquire() as conn, conn.transaction():
-            new = await conn.fetch(
-                f"INSERT INTO {self.ledger} (batch_id, rows) SELECT * FROM unnest($1::text[], $2::int[])"
-                " ON CONFLICT DO NOTHING RETURNING batch_id",
-                list(unique), [len(b[3]) for b in unique.values()],
-            )
-            fresh = [unique[r["batch_id"]] for r in new]
-            inserted = sum(len(b[3]) for b in fresh)
-            if inserted:
-                data = copy_data(fresh)
-                try:
-                    async with conn.transaction():  # savepoint: a conflict must not abort the flush
-                        await self.copy(conn, self.name, data)
-                except asyncpg.UniqueViolationError:
-                    log.warning("positions already stored under another batch id; skipping those")
-                    inserted = await self._insert_skipping_conflicts(conn, data)
+        with self._unavailable_as_replay_error():
+            async with self.pool.acquire() as conn, conn.transaction():
+                new = await conn.fetch(
+                    f"INSERT INTO {self.ledger} (batch_id, rows) SELECT * FROM unnest($1::text[], $2::int[])"
+                    " ON CONFLICT DO NOTHING RETURNING batch_id",
+                    list(unique), [len(b[3]) for b in unique.values()],
+                )
+                fresh = [unique[r["batch_id"]] for r in new]
+                inserted = sum(len(b[3]) for b in fresh)
+                if inserted:
+                    data = copy_data(fresh)
+                    try:
+                        async with conn.transaction():  # savepoint: a conflict must not abort the flush
+                            await self.copy(conn, self.name, data)
+                    except asyncpg.UniqueViolationError:
+                        log.warning("positions already stored under another batch id; skipping those")
+                        inserted = await self._insert_skipping_conflicts(conn, data)
         return WriteResult(inserted_rows=inserted, duplicate_batches=len(batches) - len(fresh))
 
     async def _insert_skipping_conflicts(self, conn, data: bytes) -> int:
@@ -163,7 +171,8 @@ class PostgresReplay:
 
     # -- reading -----------------------------------------------------------------------
     async def count(self, env_id: str) -> int:
-        return await self.pool.fetchval(f"SELECT count(*) FROM {self.table} WHERE env_id = $1", env_id)
+        with self._unavailable_as_replay_error():
+            return await self.pool.fetchval(f"SELECT count(*) FROM {self.table} WHERE env_id = $1", env_id)
 
     async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
         """Up to `limit` rows with id > `last_id`, in id order, and the last one's id
@@ -180,9 +189,10 @@ class PostgresReplay:
 
     async def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
         # uuid_send: the uuid's 16 bytes, as the game_id column of Transitions holds them.
-        rows = await self.pool.fetch(
-            f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value"
-            f" FROM {self.table} {where}", *params)
+        with self._unavailable_as_replay_error():
+            rows = await self.pool.fetch(
+                f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value"
+                f" FROM {self.table} {where}", *params)
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])

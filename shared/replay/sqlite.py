@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
 from shared.config import StorageConfig
 from shared.games import Game
+from shared.replay import ReplayUnavailable
 from shared.replay.rows import WriteResult, decode_rows, row_bytes
+from shared.retry import Backoff, retry, translated
 from shared.transitions import Transitions
+
+# Switching to WAL does not wait for a busy file (ingest and trainer open it at the same
+# moment): try again for a few seconds.
+WAL_BACKOFF = Backoff(first=0.05, max=0.5)
+WAL_ATTEMPTS = 15
 
 
 class SqliteReplay:
@@ -29,7 +35,12 @@ class SqliteReplay:
 
     async def __aenter__(self) -> "SqliteReplay":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await asyncio.to_thread(self._open)
+        self._db = db = await asyncio.to_thread(
+            sqlite3.connect, self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        await retry(lambda: asyncio.to_thread(db.execute, "PRAGMA journal_mode=WAL"),
+                    what=f"switching {self.path} to WAL", errors=sqlite3.OperationalError,
+                    backoff=WAL_BACKOFF, attempts=WAL_ATTEMPTS)
+        await asyncio.to_thread(self._create_tables)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -37,18 +48,8 @@ class SqliteReplay:
             await asyncio.to_thread(self._db.close)
             self._db = None
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        # Switching to WAL does not wait for a busy file (ingest and trainer open it at
-        # the same moment): retry for a few seconds.
-        for attempt in range(100):
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                if attempt == 99:
-                    raise
-                time.sleep(0.05)
+    def _create_tables(self) -> None:
+        db = self._db
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(f"""
             CREATE TABLE IF NOT EXISTS {self.table} (
@@ -63,11 +64,12 @@ class SqliteReplay:
                 batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,
                 ingested_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
         """)
-        return db
 
     async def _run(self, fn, *args):
+        # Locked, busy or gone: raised to callers as ReplayUnavailable.
         async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+            with translated((sqlite3.OperationalError,), ReplayUnavailable, f"SQLite file {self.path}"):
+                return await asyncio.to_thread(fn, *args)
 
     # -- writing -----------------------------------------------------------------------
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
