@@ -25,6 +25,7 @@ class ReplayWindow:
         self.filled = 0  # rows held (<= size)
         self.write = 0  # ring position of the next row
         self.last_id = 0  # replay cursor: newest row id loaded
+        self.total_loaded = 0  # rows ever appended (new positions seen, for samples per position)
         self._mirror = game.mirror_actions()
 
     async def refresh(self, replay) -> int:
@@ -55,6 +56,7 @@ class ReplayWindow:
         self.value[idx] = rows.value
         self.write = int((self.write + n) % self.size)
         self.filled = min(self.filled + n, self.size)
+        self.total_loaded += n
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(observation float32[b, 2, H, W], policy [b, A], value [b])`, uniformly drawn."""
