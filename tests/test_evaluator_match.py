@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.evaluator.match import GameRecord, anchor_player, model_player, play_games, random_openings
+from services.evaluator.match import (
+    GameRecord, anchor_player, model_player, play_against, play_games, random_openings,
+)
 from shared.config import MCTSConfig
 from shared.games import get_game
 from shared.inference import UniformEvaluator
@@ -94,5 +96,44 @@ def test_bad_requests_are_refused():
         play_games(TTT, player, player, 0)
     with pytest.raises(ValueError, match="opening_plies must be 0 or more"):
         play_games(TTT, player, player, 1, opening_plies=-1)
+    with pytest.raises(ValueError, match="no opponents"):
+        play_against(TTT, player, [], 1)
     with pytest.raises(ValueError, match="leaves no move to play"):
         play_games(TTT, player, player, 1, opening_plies=9)
+
+
+def test_each_player_call_takes_every_game_waiting_for_it():
+    # After A's first move in the games it starts, every game waits for the same player.
+    sizes = []
+    random_a = anchor_player(C4, "random", seed=1)
+
+    def counting(boards):
+        sizes.append(len(boards))
+        return random_a(boards)
+
+    records = play_games(C4, counting, anchor_player(C4, "random", seed=2), 8, opening_plies=0)
+    assert sizes[:2] == [8, 16]
+    assert len(sizes) <= max(len(r.moves) for r in records) // 2 + 1
+
+
+def test_against_several_opponents_at_once_each_gets_its_own_games_and_the_same_openings():
+    sizes = []
+    ab2 = anchor_player(C4, "alphabeta-2")
+
+    def counting(boards):
+        sizes.append(len(boards))
+        return ab2(boards)
+
+    opponents = [anchor_player(C4, "random", seed=1), anchor_player(C4, "alphabeta-2"), anchor_player(C4, "one-ply")]
+    by_opponent = play_against(C4, counting, opponents, 4, opening_plies=2, seed=8)
+    assert [len(records) for records in by_opponent] == [8, 8, 8]
+    for records in by_opponent:
+        check_records(C4, records, 2)
+    assert len({tuple(r.moves[:2] for r in records) for records in by_opponent}) == 1
+    # A thinks first at ply 2 of the games it starts (plies 0-1 are the opening), then
+    # at plies 3 and 4 of all 24 games in one batch.
+    assert sizes[:2] == [12, 24]
+    # Separately, the same: alpha-beta and its opponents here are deterministic given seeds.
+    alone = play_games(C4, ab2, anchor_player(C4, "alphabeta-2"), 4, opening_plies=2, seed=8)
+    assert alone == by_opponent[1]
+    assert sum(r.score_a for r in by_opponent[0]) > sum(r.score_a for r in by_opponent[1])

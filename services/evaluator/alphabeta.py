@@ -171,8 +171,8 @@ class AlphaBeta:
     def _candidates(self, playable: int, their_cells: int) -> int:
         """Moves that do not lose on the opponent's next move (0: every move does), for a
         side to move that cannot win at once. Dropping the others changes no value: each
-        of them scores the worst possible, a loss in two plies, which the opponent's
-        immediate-win check below would find."""
+        scores the worst possible, a loss in two plies, as the opponent's immediate-win
+        check one ply down would find."""
         threats = their_cells & playable
         if threats & (threats - 1):
             return 0  # two threats: one move cannot block both
