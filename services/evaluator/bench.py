@@ -28,6 +28,7 @@ from shared.games import get_game
 
 C4 = get_game("connect4")
 STAGES = ("early", "mid", "late")
+POSITIONS_DIR = Path(__file__).resolve().parents[3] / "shared" / "c4-positions"  # outside the repo
 
 
 def load_positions(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -77,11 +78,12 @@ class CountingEvaluator:
 
 
 def untrained_model(blocks: int, channels: int):
+    import torch
+
     from services.trainer.export import export_onnx
     from services.trainer.network import PolicyValueNet
     from shared.inference import OnnxEvaluator
 
-    import torch
     torch.manual_seed(0)
     net = PolicyValueNet(C4.obs_shape, C4.num_actions, blocks=blocks, channels=channels)
     return OnnxEvaluator.from_bytes(export_onnx(net), C4, version=1, threads=1)
@@ -89,7 +91,7 @@ def untrained_model(blocks: int, channels: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--positions", type=Path, default=Path("/work/shared/c4-positions"),
+    parser.add_argument("--positions", type=Path, default=POSITIONS_DIR,
                         help="directory of c4_{early,mid,late}.txt (skipped if missing)")
     parser.add_argument("--depths", type=int, default=7, help="alpha-beta depths 1..N")
     parser.add_argument("--games", type=int, default=20, help="games per pairing (even)")
