@@ -39,9 +39,10 @@ from shared.bus.rabbitmq import CONTENT_TYPE_MSGPACK, connect, declare_topology 
 from shared.config import Config, load_config  # noqa: E402
 from shared.games import get_game  # noqa: E402
 from shared.messages import encode_transitions  # noqa: E402
-from shared.replay.postgres import COLUMNS, PostgresReplay, copy_data, copy_records  # noqa: E402
+from shared.games.random_play import random_games  # noqa: E402
+from shared.replay.postgres import COLUMNS, PostgresReplay, copy_data  # noqa: E402
+from shared.replay.rows import row_bytes  # noqa: E402
 from shared.transitions import Transitions, to_batch  # noqa: E402
-from tests.helpers import random_games  # noqa: E402
 
 GAME = get_game("connect4")
 IN_FLIGHT = 256
@@ -64,6 +65,21 @@ async def prefill(config: Config, batches) -> float:
                     routing_key=config.broker.transitions_queue)
                 for b in batches[i:i + IN_FLIGHT]))
     return len(batches) / (time.perf_counter() - start)
+
+
+def copy_records(batches: list[tuple[str, str, str, Transitions]]) -> list[tuple]:
+    """asyncpg COPY records for all rows of `batches`, built column by column (each byte
+    column one `tobytes()` sliced per row, each game's uuid made once): the raw
+    baseline's input, built before its clock starts."""
+    t = Transitions.concat([b[3] for b in batches]) if len(batches) > 1 else batches[0][3]
+    env_ids = [env for _, env, _, rows in batches for _ in range(len(rows))]
+    actor_ids = [actor for _, _, actor, rows in batches for _ in range(len(rows))]
+    raw_ids = row_bytes(t.game_id)
+    uuids = {g: uuid.UUID(bytes=g) for g in set(raw_ids)}
+    return list(zip(
+        env_ids, [uuids[g] for g in raw_ids], t.ply.tolist(), actor_ids, t.model_version.tolist(),
+        row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy), t.value.tolist(),
+    ))
 
 
 async def raw_copy(conn: asyncpg.Connection, table: str, records: list[tuple]) -> float:

@@ -1,11 +1,14 @@
 """Hot-reload latency: from a model-published event to every actor serving the model.
 
 Starts an S3 server (moto) on loopback and 8 actor processes (`python -m services.actor`,
-self-playing Connect4 the whole time) on the real RabbitMQ, then publishes a sequence of
-model versions the way the trainer does (upload, then event). Each actor logs
-`Model updated to version N (..., X ms after the event)` once the new onnxruntime
-session is swapped in; this collects X for every actor and version.
-Last line: a JSON object with `p50_ms` and `p99_ms`.
+self-playing Connect4 the whole time) on the real RabbitMQ. Nothing consumes their games,
+as when ingest falls behind: the first event goes out once the transitions queue is full
+at its bound (`--backlog-mb`) and actors are being refused, then a sequence of model
+versions is published the way the trainer does (upload, then event). Each actor logs
+`Model updated to version N (..., X ms after the event, arrived after Y ms; download D ms,
+load L ms)` once the new onnxruntime session is swapped in; this collects them for every
+actor and version. Last line: a JSON object with `first_event_max_ms` (the slowest actor
+to serve version 1, the event sent into the flood), `p50_ms` and `p99_ms` over all.
 
     python bench/reload_latency.py [--actors 8] [--versions 20]
 """
@@ -36,8 +39,8 @@ from shared.games import get_game  # noqa: E402
 from shared.messages import ModelPublished, encode_event  # noqa: E402
 from shared.model_store import S3ModelStore  # noqa: E402
 
-UPDATED = re.compile(r"Model updated to version (\d+) \(model published, (\d+) ms after the event; "
-                     r"download (\d+) ms, load (\d+) ms\)")
+UPDATED = re.compile(r"Model updated to version (\d+) \(model published, (\d+) ms after the event, "
+                     r"arrived after (\d+) ms; download (\d+) ms, load (\d+) ms\)")
 
 
 def free_port() -> int:
@@ -51,6 +54,8 @@ async def main() -> None:
     parser.add_argument("--actors", type=int, default=8)
     parser.add_argument("--versions", type=int, default=20)
     parser.add_argument("--games", type=int, default=64, help="games in parallel per actor")
+    parser.add_argument("--backlog-mb", type=float, default=8,
+                        help="bound of the transitions queue (broker.max_backlog_bytes), filled before the first event")
     args = parser.parse_args()
 
     # The S3 server in a process of its own, as MinIO would be.
@@ -68,6 +73,7 @@ async def main() -> None:
         "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": f"bench.{run}.dead",
         "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": f"bench.{run}.dead",
         "CARTRIDGE_BROKER_MODELS_EXCHANGE": f"bench.{run}.models",
+        "CARTRIDGE_BROKER_MAX_BACKLOG_BYTES": str(int(args.backlog_mb * 2**20)),
         "CARTRIDGE_ACTOR_PARALLEL_GAMES": str(args.games),
     }
     config = load_config(environ=env)
@@ -80,7 +86,8 @@ async def main() -> None:
         models.append(export_onnx(build_network(game, NetworkConfig())))
 
     latencies: dict[int, list[int]] = {}
-    parts: list[tuple[int, int]] = []  # (download ms, load ms)
+    parts: list[tuple[int, int, int]] = []  # (arrival ms, download ms, load ms)
+    sent: dict[int, tuple[float, int]] = {}  # version -> (publish confirmed after ms, transitions queued)
     seen = asyncio.Condition()
 
     playing = 0
@@ -97,7 +104,7 @@ async def main() -> None:
             if match:
                 async with seen:
                     latencies.setdefault(int(match[1]), []).append(int(match[2]))
-                    parts.append((int(match[3]), int(match[4])))
+                    parts.append((int(match[3]), int(match[4]), int(match[5])))
                     seen.notify_all()
 
     async with S3ModelStore(config.storage) as store, RabbitBus(config.broker, name="bench") as bus:
@@ -116,11 +123,22 @@ async def main() -> None:
             async with seen:
                 await asyncio.wait_for(seen.wait_for(lambda: playing == args.actors), 120)
             print(f"{args.actors} actors playing after {time.perf_counter() - started:.1f} s", flush=True)
-            await asyncio.sleep(5)
+            # The first event goes out into a flood: actors publishing uniform-search games
+            # as fast as they play them, nobody consuming (as when ingest falls behind), until
+            # the queue is at its bound and refuses more (the count stops growing).
+            counts = [-1]
+            while counts[-1] <= 0 or len(counts) < 5 or len(set(counts[-5:])) > 1:
+                await asyncio.sleep(1)
+                counts.append(await bus.pending_transitions())
+            print(f"transitions queue full: {counts[-1]} messages after {time.perf_counter() - started:.1f} s",
+                  flush=True)
             for version in range(1, args.versions + 1):
                 info = await store.put_model(game.env_id, version, models[version % len(models)], step=version)
-                await bus.publish_event(encode_event(ModelPublished(
-                    env_id=info.env_id, version=version, key=info.key, sha256=info.sha256, size=info.size)))
+                backlog = await bus.pending_transitions()
+                event = ModelPublished(env_id=info.env_id, version=version, key=info.key, sha256=info.sha256,
+                                       size=info.size)
+                await bus.publish_event(encode_event(event))
+                sent[version] = (1000 * (time.time() - event.published_at), backlog)
                 async with seen:
                     await asyncio.wait_for(
                         seen.wait_for(lambda: len(latencies.get(version, [])) == args.actors), 60)
@@ -140,15 +158,23 @@ async def main() -> None:
     await s3.wait()
 
     samples = np.array([ms for v in latencies.values() for ms in v])
+    first = np.array(latencies[1])
     result = {
         "actors": args.actors, "versions": args.versions, "samples": int(len(samples)),
+        "first_event_max_ms": int(first.max()),
         "p50_ms": float(np.percentile(samples, 50)), "p99_ms": float(np.percentile(samples, 99)),
         "max_ms": int(samples.max()), "mean_ms": round(float(samples.mean()), 1),
-        "download_p50_ms": float(np.percentile([d for d, _ in parts], 50)),
-        "load_p50_ms": float(np.percentile([l for _, l in parts], 50)),
+        "arrival_p50_ms": float(np.percentile([a for a, _, _ in parts], 50)),
+        "arrival_max_ms": int(max(a for a, _, _ in parts)),
+        "download_p50_ms": float(np.percentile([d for _, d, _ in parts], 50)),
+        "load_p50_ms": float(np.percentile([l for _, _, l in parts], 50)),
+        "backlog_at_first_event": sent[1][1],
     }
     for version, ms in sorted(latencies.items()):
-        print(f"version {version}: " + " ".join(f"{m:4d}" for m in sorted(ms)) + " ms")
+        confirm_ms, backlog = sent[version]
+        print(f"version {version}: " + " ".join(f"{m:4d}" for m in sorted(ms))
+              + f" ms (publish confirmed after {confirm_ms:.0f} ms, {backlog} messages queued)")
+    print(f"first event: every actor served it within {result['first_event_max_ms']} ms")
     print(f"{len(samples)} reloads across {args.actors} actors: p50 {result['p50_ms']:.0f} ms, "
           f"p99 {result['p99_ms']:.0f} ms, max {result['max_ms']} ms")
     print(json.dumps(result))

@@ -8,39 +8,18 @@ A line that cannot be analysed prints `position<TAB>error: why` and the rest go 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from shared.config import MCTSConfig, load_config, parse_overrides
+from shared.config import MCTSConfig
 from shared.games import Game, IllegalMove, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.search.mcts import BatchedMCTS, masked_softmax
+from shared.search.analysis import search_positions
+from shared.service import base_parser, load_command_config
 
 CHUNK = 256  # positions searched together
-
-
-def search_positions(
-    game: Game, evaluator: Evaluator, boards: np.ndarray, sims: int, mcts: MCTSConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """`(policy [n, A], value [n])` for `boards`: the raw network output with `sims == 0`,
-    else the visit distribution and root value of a noise-free search."""
-    if sims == 0:
-        logits, value = evaluator(game.observe(boards))
-        return masked_softmax(logits, game.legal_mask(boards)), value
-    config = MCTSConfig(**{**_fields(mcts), "num_simulations": sims, "dirichlet_epsilon": 0.0})
-    search = BatchedMCTS(game, config, len(boards), np.random.default_rng(0))
-    slots = np.arange(len(boards))
-    search.start(slots, boards)
-    while not search.done()[slots].all():
-        search.simulate(evaluator)
-    return search.visit_policy(slots), search.root_value(slots)
-
-
-def _fields(struct) -> dict:
-    return {name: getattr(struct, name) for name in struct.__struct_fields__}
 
 
 def analyze_lines(game: Game, evaluator: Evaluator, lines: list[str], sims: int, mcts: MCTSConfig) -> list[str]:
@@ -69,16 +48,14 @@ def analyze_lines(game: Game, evaluator: Evaluator, lines: list[str], sims: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cartridge analyze", description=__doc__.splitlines()[0])
+    parser = base_parser("cartridge analyze", __doc__.splitlines()[0])
     parser.add_argument("positions", help="file of move strings, one per line ('-' for stdin)")
     parser.add_argument("--model", help="ONNX model file (default: uniform, no model)")
     parser.add_argument("--sims", type=int, default=0, help="simulations per position (0: raw policy)")
-    parser.add_argument("--config", help="config file (default: config.toml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     if args.sims < 0:
         parser.error("--sims must be 0 or more")
-    config = load_config(args.config, overrides=parse_overrides(args.set))
+    config = load_command_config(parser, args)
     game = get_game(config.common.env_id)
     try:
         evaluator: Evaluator = (

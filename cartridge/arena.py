@@ -11,7 +11,6 @@ All games run together, one batched search per model move.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -20,10 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from cartridge.analyze import search_positions
-from shared.config import Config, MCTSConfig, load_config, parse_overrides
+from shared.config import Config, MCTSConfig
 from shared.games import Game, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
+from shared.search.analysis import search_positions
+from shared.service import base_parser, load_command_config
 
 Player = Callable[[np.ndarray], np.ndarray]  # boards -> actions
 
@@ -107,16 +107,14 @@ async def load_model(config: Config, game: Game, which: str) -> Evaluator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cartridge arena", description=__doc__.splitlines()[0])
+    parser = base_parser("cartridge arena", __doc__.splitlines()[0])
     parser.add_argument("--model", default="latest", help="'latest', a version number, an ONNX file, or 'uniform'")
     parser.add_argument("--opponent", default="random", help="'random', 'one-ply', or an ONNX file")
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--sims", type=int, default=200, help="model simulations per move")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", help="config file (default: config.toml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.config, overrides=parse_overrides(args.set))
+    config = load_command_config(parser, args)
     game = get_game(config.common.env_id)
     rng = np.random.default_rng(args.seed)
     try:

@@ -8,12 +8,12 @@ management UI (see the README).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 from shared.bus import RabbitBus
-from shared.config import Config, load_config, parse_overrides
+from shared.config import Config
 from shared.messages import ReloadRequest, encode_event
+from shared.service import base_parser, load_command_config
 
 
 async def publish_reload(config: Config, version: int | None) -> ReloadRequest:
@@ -24,12 +24,10 @@ async def publish_reload(config: Config, version: int | None) -> ReloadRequest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cartridge reload", description=__doc__.splitlines()[0])
+    parser = base_parser("cartridge reload", __doc__.splitlines()[0])
     parser.add_argument("--version", type=int, help="model version to load (default: the newest)")
-    parser.add_argument("--config", help="config file (default: config.toml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.config, overrides=parse_overrides(args.set))
+    config = load_command_config(parser, args)
     event = asyncio.run(publish_reload(config, args.version))
     print(f"published {encode_event(event).decode()} to exchange {config.broker.models_exchange!r}")
     return 0

@@ -155,6 +155,11 @@ class BrokerConfig(_Section):
     """Fanout exchange for model-published and reload events."""
     max_message_bytes: PositiveInt = 4 * 1024 * 1024
     """Largest transition message accepted."""
+    max_backlog_bytes: PositiveInt = 256 * 1024 * 1024
+    """Bound on the transitions queue (bytes of message bodies waiting for ingest): beyond it
+    the broker refuses new games and actors wait, instead of the backlog filling the broker's
+    disk or memory until a resource alarm blocks every publisher, model events included.
+    Fixed when the queue is created (a policy may lower it later)."""
     connect_attempts: PositiveInt = 30
     """Start-up connection attempts (with backoff) before giving up."""
 

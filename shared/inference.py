@@ -14,6 +14,8 @@ import onnxruntime as ort
 
 from shared.games.base import Game
 
+# The model file's tensor names: `services.trainer.export` writes them, actors read them.
+INPUT_NAME = "obs"
 POLICY_OUTPUT = "policy_logits"
 VALUE_OUTPUT = "value"
 

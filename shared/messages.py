@@ -83,7 +83,7 @@ def encode_transitions(batch: TransitionBatch) -> bytes:
 
 def decode_transitions(body: bytes) -> TransitionBatch:
     """Bytes -> `TransitionBatch`, or `MessageError` saying why not (structure only;
-    the contents are checked by `shared.transitions.validate`)."""
+    the contents are checked by `shared.transitions.from_batch`)."""
     try:
         batch = _transition_decoder.decode(body)
     except msgspec.DecodeError as exc:

@@ -151,9 +151,3 @@ class ReferenceMCTS:
             r = self.root
             r.prior = mix_noise(r.prior, r.legal, noise, self.cfg.dirichlet_epsilon)
 
-
-def reference_search(game, evaluator, board: np.ndarray, cfg: MCTSConfig, noise: np.ndarray | None = None) -> Node:
-    """A whole search from a fresh root; returns the root (`.n`, `.w`, `.children`)."""
-    ref = ReferenceMCTS(game, cfg, evaluator)
-    ref.start(board, noise)
-    return ref.run()

@@ -1,20 +1,20 @@
 """Game rules: wins in every direction, draws, illegal moves, notation, batched play,
-observations; and 899 solver-annotated Connect4 positions as real data."""
+observations; and the 899 solver-annotated Connect4 positions the package ships as real
+data."""
 
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared.games import IllegalMove, get_game
+from shared.games.labelled import STAGES, load_labelled
 
 C4 = get_game("connect4")
 TTT = get_game("tictactoe")
-POSITIONS_DIR = Path(__file__).resolve().parents[2] / "shared" / "c4-positions"  # outside the repo
 
 
 def naive_has_line(stones: np.ndarray, k: int) -> set[str]:
@@ -49,6 +49,7 @@ def assert_won_exactly_at_the_end(game, moves: str, direction: str):
         ("7766554", "horizontal"),  # bottom row, from the right edge
         ("2651374", "horizontal"),
         ("1213131", "vertical"),
+        ("12121232", "vertical"),  # by the second player
         ("7676767", "vertical"),  # right edge
         ("46755767716", "diagonal"),
         ("16233241211", "anti-diagonal"),
@@ -132,23 +133,23 @@ def test_value_after_a_win_is_minus_one_for_the_next_side_to_move():
 
 # -- illegal moves and notation ------------------------------------------------------------
 @pytest.mark.parametrize(
-    "game, moves, number",
+    "game, moves, number, why",
     [
-        (C4, "1111111", 7),  # column 1 is full after six stones
-        (C4, "4444444", 7),
-        (TTT, "55", 2),  # occupied cell
-        (TTT, "1231", 4),
-        (C4, "48", 2),  # no column 8
-        (C4, "4a", 2),
-        (C4, "0", 1),
-        (C4, "44 4", 3),
-        (TTT, "10", 2),
-        (C4, "12121213", 8),  # the first player won at move 7
-        (TTT, "142536", 6),  # X won at move 5
+        (C4, "1111111", 7, "1 is full or occupied"),  # column 1 is full after six stones
+        (C4, "4444444", 7, "4 is full or occupied"),
+        (TTT, "55", 2, "5 is full or occupied"),
+        (TTT, "1231", 4, "1 is full or occupied"),
+        (C4, "48", 2, "'8' is not a move 1..7"),
+        (C4, "4a", 2, "'a' is not a move 1..7"),
+        (C4, "0", 1, "'0' is not a move 1..7"),
+        (C4, "44 4", 3, "' ' is not a move 1..7"),
+        (TTT, "10", 2, "'0' is not a move 1..9"),
+        (C4, "12121213", 8, "the game is already over"),  # the first player won at move 7
+        (TTT, "142536", 6, "the game is already over"),  # X won at move 5
     ],
 )
-def test_illegal_moves_name_the_move(game, moves, number):
-    with pytest.raises(IllegalMove, match=rf"\bmove {number} of {re.escape(repr(moves))}"):
+def test_illegal_moves_name_the_move_and_why(game, moves, number, why):
+    with pytest.raises(IllegalMove, match=rf"\bmove {number} of {re.escape(repr(moves))}: {re.escape(why)}$"):
         game.position(moves)
 
 
@@ -241,6 +242,8 @@ def test_boards_are_side_to_move_relative():
 
 
 def test_mirror_actions_match_a_mirrored_board():
+    assert C4.mirror_actions().tolist() == [6, 5, 4, 3, 2, 1, 0]
+    assert TTT.mirror_actions().tolist() == [2, 1, 0, 5, 4, 3, 8, 7, 6]
     for game, moves in ((C4, "4453127"), (TTT, "1593")):
         actions = game.parse_moves(moves)
         perm = game.mirror_actions()
@@ -252,32 +255,23 @@ def test_mirror_actions_match_a_mirrored_board():
 
 
 # -- real data: solver-annotated Connect4 positions ------------------------------------------
-def load_positions():
-    files = sorted(POSITIONS_DIR.glob("*.txt"))
-    if not files:
-        pytest.skip(f"no Connect4 position files in {POSITIONS_DIR} (they live outside the repo)")
-    rows = []
-    for f in files:
-        for line in f.read_text().splitlines():
-            fields = line.split("\t")
-            rows.append((fields[0], fields[2:9]))
-    return rows
+ALL = [load_labelled(stage) for stage in STAGES]
+MOVES = [m for p in ALL for m in p.moves]
+VALUES = np.concatenate([p.values for p in ALL])  # NaN: column full
 
 
 def test_solver_positions_parse_and_legal_moves_match():
-    rows = load_positions()
-    assert len(rows) >= 899  # 299 + 300 + 300 lines
+    assert len(MOVES) == 899  # 299 + 300 + 300 lines
     boards = []
-    for moves, values in rows:
+    for moves, values in zip(MOVES, VALUES):
         board, done, value = C4.position(moves)
         assert not done and value == 0.0, moves
-        assert C4.legal_mask(board[None])[0].tolist() == [v != "x" for v in values], moves
+        assert C4.legal_mask(board[None])[0].tolist() == (~np.isnan(values)).tolist(), moves
         # The side to move has as many stones as the opponent, or one fewer.
         assert (board == -1).sum() - (board == 1).sum() == len(moves) % 2, moves
         boards.append(board)
     # The batched legal mask agrees on all of them at once.
-    mask = C4.legal_mask(np.stack(boards))
-    assert mask.tolist() == [[v != "x" for v in values] for _, values in rows]
+    assert (C4.legal_mask(np.stack(boards)) == ~np.isnan(VALUES)).all()
 
 
 def test_solver_positions_agree_with_win_detection():
@@ -285,19 +279,18 @@ def test_solver_positions_agree_with_win_detection():
     one, and after column K the opponent can win at once iff
     `sK == -(22 - opponent stones when it wins)`. That exercises win detection in every
     direction on real positions."""
-    rows = load_positions()
     threats = 0
-    for moves, values in rows:
+    for moves, values in zip(MOVES, VALUES):
         board, _, _ = C4.position(moves)
         stones_after_reply = len(moves) + 2
         losing_now = -(22 - math.ceil(stones_after_reply / 2))
-        cols = [k for k, v in enumerate(values) if v != "x"]
-        after, done, value = C4.play(np.repeat(board[None], len(cols), 0), np.array(cols))
+        cols = np.flatnonzero(~np.isnan(values))
+        after, done, value = C4.play(np.repeat(board[None], len(cols), 0), cols)
         assert not done.any(), moves  # no immediate win, and no board fills up
         for j, k in enumerate(cols):
             legal = np.flatnonzero(C4.legal_mask(after[j:j + 1])[0])
             _, _, reply = C4.play(np.repeat(after[j:j + 1], len(legal), 0), legal)
             opponent_wins = bool((reply == -1.0).any())
-            assert opponent_wins == (int(values[k]) == losing_now), (moves, k + 1, values)
+            assert opponent_wins == (values[k] == losing_now), (moves, k + 1, values)
             threats += opponent_wins
     assert threats > 100  # the data really contains many of them

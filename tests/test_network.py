@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
-from services.trainer.export import export_onnx, verify_export
+from services.trainer.export import export_onnx
 from services.trainer.network import PolicyValueNet, build_network
 from shared.config import NetworkConfig
 from shared.games import get_game
-from shared.inference import ModelError, OnnxEvaluator, UniformEvaluator
+from shared.inference import INPUT_NAME, POLICY_OUTPUT, VALUE_OUTPUT, ModelError, OnnxEvaluator, UniformEvaluator
 
 CONNECT4 = get_game("connect4")
 TICTACTOE = get_game("tictactoe")
@@ -40,6 +41,30 @@ def _torch_outputs(model: PolicyValueNet, obs: np.ndarray) -> tuple[np.ndarray, 
     with torch.no_grad():
         logits, value = model(torch.from_numpy(obs).float())
     return logits.numpy(), value.numpy()
+
+
+def assert_export_matches(model: PolicyValueNet, onnx_bytes: bytes, atol: float = 1e-5, batch: int = 8) -> None:
+    """Run `model` (in eval mode) and the ONNX bytes on one random batch; fail if either
+    output differs by more than `atol`."""
+    rng = np.random.default_rng(0)
+    # Random 0/1 planes with no cell set in both, like real observations.
+    cells = rng.integers(0, 3, size=(batch, *model.obs_shape[1:]))
+    obs = np.stack([cells == 1, cells == 2], axis=1).astype(np.float32)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits, value = model(torch.from_numpy(obs))
+    finally:
+        model.train(was_training)
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    onnx_logits, onnx_value = session.run([POLICY_OUTPUT, VALUE_OUTPUT], {INPUT_NAME: obs})
+    for name, expected, got in ((POLICY_OUTPUT, logits.numpy(), onnx_logits), (VALUE_OUTPUT, value.numpy(), onnx_value)):
+        assert expected.shape == got.shape, f"{name}: torch shape {expected.shape}, ONNX shape {got.shape}"
+        diff = float(np.max(np.abs(expected - got))) if expected.size else 0.0
+        assert diff <= atol, f"{name}: ONNX differs from torch by {diff:.3g} (> {atol:g})"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +102,7 @@ def test_build_network_follows_config():
 @pytest.mark.parametrize("net", ["connect4_net", "tictactoe_net"])
 def test_export_matches_torch(net, request):
     model, onnx_bytes = request.getfixturevalue(net)
-    verify_export(model, onnx_bytes, atol=1e-5)
+    assert_export_matches(model, onnx_bytes, atol=1e-5)
 
 
 def test_export_restores_training_mode():
@@ -90,11 +115,12 @@ def test_export_restores_training_mode():
     assert not model.training
 
 
-def test_verify_export_detects_a_mismatch(connect4_net):
+def test_export_comparison_detects_a_mismatch(connect4_net):
+    """The comparison above can fail: another model's weights are caught."""
     model, onnx_bytes = connect4_net
     other = build_network(CONNECT4, NetworkConfig())  # same shapes, different weights
     with pytest.raises(AssertionError, match="differs from torch"):
-        verify_export(other, onnx_bytes)
+        assert_export_matches(other, onnx_bytes)
 
 
 @pytest.mark.parametrize("n", [1, 256])

@@ -1,5 +1,5 @@
 """Batched PUCT search against the plain reference search, tactics, value signs, tree
-reuse, and the self-play loop with every [mcts] option."""
+reuse, and an effect of every search option. The self-play loop is in test_selfplay.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from reference_mcts import ReferenceMCTS
-from services.actor.selfplay import SelfPlay
 from shared.config import MCTSConfig
 from shared.games import get_game
 from shared.inference import UniformEvaluator
@@ -347,140 +346,7 @@ def test_advance_without_reuse_starts_afresh():
     assert run(search, evaluator) == cfg.num_simulations + 1
 
 
-# -- the self-play loop ------------------------------------------------------------------------
-def selfplay(cfg: MCTSConfig, *, games=6, parallel=4, seed=0, game=TTT):
-    sp = SelfPlay(game, cfg, UniformEvaluator(game), num_games=parallel, max_games=games, seed=seed)
-    finished = []
-    for _ in range(100_000):
-        if not sp.running:
-            break
-        finished += sp.step()
-    assert sp.running == 0
-    return sp, finished
-
-
-def check_game(game, g):
-    t = g.transitions
-    n = len(t)
-    assert t.ply.tolist() == list(range(n))
-    assert (t.game_id == t.game_id[0]).all()
-    np.testing.assert_allclose(t.policy.sum(axis=1), 1, atol=1e-6)
-    assert not t.policy[~t.legal_mask].any()
-    assert np.all(np.abs(t.value) <= 1)
-    assert (t.value[1:] == -t.value[:-1]).all()
-    assert g.outcome == t.value[0]
-    played = len(g.moves)
-    assert played == (n - 1 if g.resigned else n)
-    for ply in range(n):
-        board, done, _ = game.position(g.moves[:ply])
-        assert not done
-        assert np.array_equal(t.observation[ply], game.observe(board[None])[0]), ply
-        assert t.legal_mask[ply].tolist() == game.legal_mask(board[None])[0].tolist()
-        if ply < played:
-            assert t.policy[ply, game.parse_moves(g.moves)[ply]] > 0  # a move that was searched
-    board, done, value = game.position(g.moves)
-    if g.resigned:
-        assert not done and t.value[-1] == -1.0
-    else:
-        assert done
-        # value is the next side's view: -1 when the last mover won.
-        assert t.value[-1] == (1.0 if value == -1.0 else 0.0)
-
-
-def test_selfplay_runs_to_completion_with_sound_targets():
-    cfg = MCTSConfig(num_simulations=16)
-    sp, finished = selfplay(cfg)
-    assert len(finished) == 6
-    assert all(not g.resigned for g in finished)
-    ids = [bytes(g.transitions.game_id[0]) for g in finished]
-    assert len(set(ids)) == 6
-    for g in finished:
-        check_game(TTT, g)
-    assert sp.stats.games == 6
-    assert sp.stats.positions == sum(len(g.transitions) for g in finished)
-    # A fixed seed plays the same games again.
-    _, again = selfplay(cfg)
-    assert [g.moves for g in again] == [g.moves for g in finished]
-
-
-def test_selfplay_connect4_smoke():
-    cfg = MCTSConfig(num_simulations=4)
-    _, finished = selfplay(cfg, games=2, parallel=2, game=C4)
-    assert len(finished) == 2
-    for g in finished:
-        check_game(C4, g)
-
-
-def is_greedy(g, plies) -> list[bool]:
-    t = g.transitions
-    actions = TTT.parse_moves(g.moves)
-    return [bool(t.policy[p, actions[p]] == t.policy[p].max()) for p in plies if p < len(actions)]
-
-
-def test_temperature_zero_plays_the_most_visited_move():
-    cfg = MCTSConfig(num_simulations=16, temp_threshold=0, final_temperature=0.0)
-    _, finished = selfplay(cfg, games=12)
-    assert all(all(is_greedy(g, range(9))) for g in finished)
-    # The same games with temperature 1 throughout do not always take the top move.
-    cfg = MCTSConfig(num_simulations=16, temp_threshold=9, temperature=1.0, final_temperature=0.0)
-    _, finished = selfplay(cfg, games=12)
-    assert not all(all(is_greedy(g, range(9))) for g in finished)
-    # final_temperature applies after temp_threshold plies.
-    cfg = MCTSConfig(num_simulations=16, temp_threshold=0, final_temperature=1.0)
-    _, finished = selfplay(cfg, games=12)
-    assert not all(all(is_greedy(g, range(9))) for g in finished)
-
-
-def test_temp_threshold_splits_sampled_and_greedy_plies():
-    cfg = MCTSConfig(num_simulations=16, temp_threshold=2, temperature=1.0, final_temperature=0.0)
-    _, finished = selfplay(cfg, games=16)
-    assert all(all(is_greedy(g, range(2, 9))) for g in finished)
-    assert not all(all(is_greedy(g, range(2))) for g in finished)
-
-
-@pytest.mark.parametrize("noise", [0.0, 0.25])
-def test_tree_reuse_changes_the_simulations_per_move(noise):
-    sims = 16
-    counts = {}
-    for reuse in (False, True):
-        cfg = MCTSConfig(num_simulations=sims, tree_reuse=reuse, dirichlet_epsilon=noise)
-        sp, finished = selfplay(cfg, games=8)
-        for g in finished:
-            check_game(TTT, g)
-            visits = g.transitions.policy * sims  # every search ends with exactly `sims` root visits
-            np.testing.assert_allclose(visits, np.round(visits), atol=1e-4)
-        # With reuse, every move after a game's first starts from the played child, which
-        # saves exactly its edge visits v (it has v - 1 root visits and needs no root
-        # evaluation).
-        saved = 0
-        if reuse:
-            for g in finished:
-                t, actions = g.transitions, TTT.parse_moves(g.moves)
-                saved += sum(round(float(t.policy[p, actions[p]]) * sims) for p in range(len(t) - 1))
-        counts[reuse] = (sp.stats.simulations, sp.stats.positions, saved)
-    sims_fresh, positions_fresh, _ = counts[False]
-    assert sims_fresh == positions_fresh * (sims + 1)  # root evaluation + sims, every move
-    sims_reuse, positions_reuse, saved = counts[True]
-    assert saved > positions_reuse
-    assert sims_reuse == positions_reuse * (sims + 1) - saved
-
-
-def test_resignation():
-    cfg = MCTSConfig(num_simulations=16, resign_enabled=True, resign_threshold=0.0)
-    _, finished = selfplay(cfg, games=16)
-    resigned = [g for g in finished if g.resigned]
-    assert resigned, "no game resigned"
-    for g in finished:
-        check_game(TTT, g)
-    for g in resigned:
-        assert g.transitions.value[-1] == -1.0
-    # Switched off (or at the most negative threshold), nobody resigns.
-    for cfg in (MCTSConfig(num_simulations=16, resign_enabled=False, resign_threshold=0.0),
-                MCTSConfig(num_simulations=16, resign_enabled=True, resign_threshold=-1.0)):
-        _, finished = selfplay(cfg, games=16)
-        assert not any(g.resigned for g in finished)
-
-
+# -- every [mcts] search option matters ------------------------------------------------------
 @pytest.mark.parametrize(
     "change",
     [

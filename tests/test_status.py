@@ -15,7 +15,8 @@ from shared.bus import MemoryBus
 from shared.games import get_game
 from shared.replay import open_replay
 from shared.status import ActorStatus, AnyStatus, IngestStatus, TrainerStatus
-from tests.helpers import message, play_games, random_games
+from shared.games.random_play import random_games
+from tests.helpers import message, play_games
 
 EMBEDDED = {"replay_backend": "sqlite", "model_store": "local"}
 

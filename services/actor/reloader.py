@@ -30,6 +30,7 @@ class ModelReloader:
         self.updates: list[tuple[int, float | None]] = []  # (version, ms since its event)
         self.failures: list[str] = []  # why events could not be acted on
         self.events_handled = 0
+        self._received_at = 0.0  # wall clock when the event being handled arrived
 
     async def load_initial(self) -> None:
         """Start with the newest stored model, or the uniform evaluator if none exists."""
@@ -41,6 +42,7 @@ class ModelReloader:
 
     async def handle(self, body: bytes) -> None:
         """Act on one control event's raw body."""
+        self._received_at = time.time()
         try:
             await self._handle(body)
         finally:
@@ -93,6 +95,8 @@ class ModelReloader:
         self._swap(evaluator)
         latency_ms = 1000 * (time.time() - published_at) if published_at else None
         self.updates.append((info.version, latency_ms))
-        since = f", {latency_ms:.0f} ms after the event" if latency_ms is not None else ""
+        since = ""
+        if published_at:  # where the time went: the way here (broker, this event loop), then the work
+            since = f", {latency_ms:.0f} ms after the event, arrived after {1000 * (self._received_at - published_at):.0f} ms"
         log.info("Model updated to version %d (%s%s; download %.0f ms, load %.0f ms)", info.version, why, since,
                  1000 * (fetched - started), 1000 * (time.perf_counter() - fetched))

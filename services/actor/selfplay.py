@@ -164,7 +164,7 @@ class SelfPlay:
 
 def choose_actions(policy: np.ndarray, temperature: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sample from `policy ** (1 / T)` per row; T == 0 takes the most visited move
-    (ties broken at random)."""
+    (ties broken at random). A move with no probability is never chosen."""
     greedy = temperature <= 0
     actions = np.empty(len(policy), np.int64)
     if greedy.any():
@@ -172,8 +172,16 @@ def choose_actions(policy: np.ndarray, temperature: np.ndarray, rng: np.random.G
         best = p == p.max(axis=1, keepdims=True)
         actions[greedy] = (best * rng.random(best.shape)).argmax(axis=1)
     if (~greedy).any():
-        p = policy[~greedy] ** (1.0 / temperature[~greedy][:, None])
-        p /= p.sum(axis=1, keepdims=True)
-        u = rng.random(len(p))[:, None]
-        actions[~greedy] = np.minimum((np.cumsum(p, axis=1) < u).sum(axis=1), p.shape[1] - 1)
+        # Relative to the row's largest entry, so a small T cannot underflow every move.
+        p = policy[~greedy].astype(np.float64)
+        p = (p / p.max(axis=1, keepdims=True)) ** (1.0 / temperature[~greedy][:, None])
+        # The draw is scaled by the row's own total, not compared against 1: a rounded
+        # cumulative sum that ends just below 1 would otherwise leave a gap that falls
+        # on the last column, visited or not (a full column: IllegalMove).
+        cdf = np.cumsum(p, axis=1)
+        u = rng.random(len(p)) * cdf[:, -1]
+        chosen = (cdf <= u[:, None]).sum(axis=1)  # the first column whose cdf passes u
+        # u rounding up to the total itself: the last column that has any probability.
+        last = p.shape[1] - 1 - (p[:, ::-1] > 0).argmax(axis=1)
+        actions[~greedy] = np.minimum(chosen, last)
     return actions

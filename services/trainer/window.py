@@ -25,7 +25,7 @@ class ReplayWindow:
         self.filled = 0  # rows held (<= size)
         self.write = 0  # ring position of the next row
         self.last_id = 0  # replay cursor: newest row id loaded
-        self.total_loaded = 0
+        self.total_loaded = 0  # rows ever appended (new positions seen, for samples per position)
         self._mirror = game.mirror_actions()
 
     async def refresh(self, replay) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.bus.base import (
-    ActorBus, Bus, BusUnavailable, Delivery, EventPublisher, EventSubscriber, TransitionConsumer,
+    ActorBus, BacklogFull, Bus, BusUnavailable, Delivery, EventPublisher, EventSubscriber, TransitionConsumer,
     TransitionPublisher,
 )
 from shared.bus.memory import MemoryBus
@@ -32,5 +32,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ActorBus", "Bus", "BusUnavailable", "Delivery", "EventPublisher", "EventSubscriber", "MemoryBus",
+__all__ = ["ActorBus", "BacklogFull", "Bus", "BusUnavailable", "Delivery", "EventPublisher", "EventSubscriber", "MemoryBus",
            "RabbitBus", "TransitionConsumer", "TransitionPublisher", "open_bus"]

@@ -24,6 +24,11 @@ class BusUnavailable(ConnectionError):
     """The bus cannot take or settle a message now; trying again later may work."""
 
 
+class BacklogFull(BusUnavailable):
+    """The bus refused a transition message: its backlog (`broker.max_backlog_bytes`) is
+    full because ingest is behind. Nothing was stored; publish it again later."""
+
+
 class Delivery(Protocol):
     body: bytes
     message_id: str | None
@@ -51,7 +56,8 @@ class BusConnection(Protocol):
 
 class TransitionPublisher(BusConnection, Protocol):
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
-        """Returns once the bus has the message safely (publisher confirm)."""
+        """Returns once the bus has the message safely (publisher confirm); `BacklogFull`
+        if the backlog is at its bound."""
 
 
 class TransitionConsumer(BusConnection, Protocol):

@@ -7,6 +7,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from shared.bus.base import BacklogFull
+
 
 @dataclass(eq=False)
 class MemoryDelivery:
@@ -34,7 +36,7 @@ class MemoryDelivery:
         if self._returned:
             return
         self._settle()
-        self._bus._queue.put_nowait((self.body, self.message_id))
+        self._bus._enqueue(self.body, self.message_id)
 
     async def dead_letter(self, reason: str) -> None:
         self._settle()
@@ -42,8 +44,12 @@ class MemoryDelivery:
 
 
 class MemoryBus:
-    def __init__(self, prefetch: int = 1024):
+    def __init__(self, prefetch: int = 1024, max_backlog_bytes: int | None = None):
+        """`max_backlog_bytes` bounds the bodies waiting to be consumed, as
+        `broker.max_backlog_bytes` bounds the RabbitMQ queue (None: unbounded)."""
         self._queue: asyncio.Queue[tuple[bytes, str | None]] = asyncio.Queue()
+        self.max_backlog_bytes = max_backlog_bytes
+        self.backlog_bytes = 0  # bodies published and not yet delivered
         self._unacked = asyncio.Semaphore(prefetch)
         self._outstanding: set[MemoryDelivery] = set()  # delivered, not yet settled
         self._tags = 0
@@ -61,7 +67,14 @@ class MemoryBus:
         return self._queue.qsize()
 
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
+        # Like RabbitMQ's reject-publish: refused once the backlog has reached its bound.
+        if self.max_backlog_bytes is not None and self.backlog_bytes >= self.max_backlog_bytes:
+            raise BacklogFull(f"transitions backlog full ({self.backlog_bytes} bytes waiting)")
         self.published += 1
+        self._enqueue(body, message_id)
+
+    def _enqueue(self, body: bytes, message_id: str | None) -> None:
+        self.backlog_bytes += len(body)
         self._queue.put_nowait((body, message_id))
 
     async def consume_transitions(self, prefetch: int) -> AsyncIterator[MemoryDelivery]:
@@ -73,6 +86,7 @@ class MemoryBus:
             while True:
                 await self._unacked.acquire()
                 body, message_id = await self._queue.get()
+                self.backlog_bytes -= len(body)
                 self._tags += 1
                 delivery = MemoryDelivery(body, message_id, self._tags, self)
                 self._outstanding.add(delivery)
@@ -82,7 +96,7 @@ class MemoryBus:
             # RabbitMQ does when its channel closes.
             for delivery in sorted(self._outstanding, key=lambda d: d.tag):
                 delivery._settled = delivery._returned = True
-                self._queue.put_nowait((delivery.body, delivery.message_id))
+                self._enqueue(delivery.body, delivery.message_id)
             self._outstanding.clear()
 
     async def publish_event(self, body: bytes) -> None:

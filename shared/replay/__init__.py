@@ -27,9 +27,6 @@ class Replay(Protocol):
 
     async def count(self, env_id: str) -> int: ...
 
-    async def max_id(self) -> int:
-        """The newest row's id, 0 when empty."""
-
     async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
         """Rows with id > `last_id` in id order, and the id of the last one."""
 

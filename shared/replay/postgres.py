@@ -21,7 +21,6 @@ served by the primary key, and an (env_id, id) index cost a quarter of the COPY 
 from __future__ import annotations
 
 import logging
-import uuid
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -30,7 +29,7 @@ import numpy as np
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import WriteResult, decode_rows, row_bytes
+from shared.replay.rows import WriteResult, decode_rows
 from shared.retry import Refused, reach, translated
 from shared.transitions import Transitions
 
@@ -175,10 +174,6 @@ class PostgresReplay:
         with self._unavailable_as_replay_error():
             return await self.pool.fetchval(f"SELECT count(*) FROM {self.table} WHERE env_id = $1", env_id)
 
-    async def max_id(self) -> int:
-        """The newest row's id (0 when empty): ids grow with every row stored."""
-        return await self.pool.fetchval(f"SELECT coalesce(max(id), 0) FROM {self.table}")
-
     async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
         """Up to `limit` rows with id > `last_id`, in id order, and the last one's id
         (`last_id` itself if there are none): how the trainer extends its window."""
@@ -203,20 +198,6 @@ class PostgresReplay:
         return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])
 
 
-def copy_records(batches: list[tuple[str, str, str, Transitions]]) -> list[tuple]:
-    """COPY records for all rows of `batches`, built column by column: each byte column
-    is one `tobytes()` sliced per row, and each game's uuid is made once."""
-    t = Transitions.concat([b[3] for b in batches]) if len(batches) > 1 else batches[0][3]
-    env_ids = [env for _, env, _, rows in batches for _ in range(len(rows))]
-    actor_ids = [actor for _, _, actor, rows in batches for _ in range(len(rows))]
-    raw_ids = row_bytes(t.game_id)
-    uuids = {g: uuid.UUID(bytes=g) for g in set(raw_ids)}
-    return list(zip(
-        env_ids, [uuids[g] for g in raw_ids], t.ply.tolist(), actor_ids, t.model_version.tolist(),
-        row_bytes(t.observation), row_bytes(t.legal_mask), row_bytes(t.policy), t.value.tolist(),
-    ))
-
-
 # PostgreSQL's binary COPY format: a header, then per row a field count and each field as
 # (int32 length, bytes) in network byte order, then a -1 trailer.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
@@ -227,7 +208,7 @@ def copy_data(batches: list[tuple[str, str, str, Transitions]]) -> bytes:
     """The binary COPY stream for all rows of `batches`, built with numpy: every row of
     a group of messages with equally long env and actor ids has the same layout, so the
     group is one structured array filled column by column (no Python object per row).
-    bytea columns hold the arrays' own bytes, as `copy_records` does."""
+    bytea columns hold the arrays' own bytes (`tobytes()` of each row)."""
     groups: dict[tuple[bytes, int], list[tuple[bytes, Transitions]]] = {}
     for _, env_id, actor_id, rows in batches:
         actor = actor_id.encode()

@@ -107,10 +107,6 @@ class SqliteReplay:
         return await self._run(
             lambda: self._db.execute(f"SELECT count(*) FROM {self.table} WHERE env_id = ?", (env_id,)).fetchone()[0])
 
-    async def max_id(self) -> int:
-        return await self._run(
-            lambda: self._db.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0])
-
     async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
         return await self._run(self._fetch, f"WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?",
                                (env_id, last_id, limit), last_id)
