@@ -8,7 +8,9 @@ and what it does between tries; the waiting is the same everywhere:
   clear line instead of restarting in a tight loop;
 - while running (`retry` with a `stop` event), unbounded: the call is tried again until
   it succeeds or the service is asked to stop, and a stop ends the wait at once.
-Each failed try is logged at DEBUG; what a person needs to read is the caller's to say.
+Each failed try is logged at DEBUG only. What a person reads is one line when a
+dependency is lost and one when it is back, from the back end that talks to it (a
+`Link`), however many calls fail in between; at start-up, one line when the wait begins.
 """
 
 from __future__ import annotations
@@ -121,11 +123,50 @@ async def reach(what: str, attempt: Callable[[], Awaitable[T]], *, attempts: int
 
 
 
-@contextlib.contextmanager
-def translated(errors: tuple[type[BaseException], ...], into: type[Exception], where: str) -> Iterator[None]:
-    """Raise `errors` as `into` ("`where`: what happened"): a back end's callers see its
-    own error type (e.g. `ReplayUnavailable`), never its driver's."""
-    try:
-        yield
-    except errors as exc:
-        raise into(f"{where}: {type(exc).__name__}: {exc}") from exc
+class Link:
+    """Whether one dependency answers, as this process sees it: one WARNING line when it
+    is lost, one INFO line when it is back. The back end that talks to the dependency
+    reports to it (`failed` / `ok`, or `watch` around each call); `part` tells apart
+    pieces that must all work again (e.g. two connections). Nothing is logged before the
+    dependency first answered: waiting for it at start-up is `reach`'s to report."""
+
+    def __init__(self, name: str, logger: logging.Logger = log):
+        self.name = name  # e.g. "RabbitMQ at amqp://guest:***@host:5672/": never a password
+        self._log = logger
+        self._down: set[str] = set()
+        self._answered = False
+        self.lost_at: float | None = None  # monotonic clock, while lost
+        self.outages = 0
+
+    @property
+    def up(self) -> bool:
+        return not self._down
+
+    def failed(self, why: str, part: str = "") -> None:
+        self._down.add(part)
+        if self._answered and self.lost_at is None:
+            self.lost_at = time.monotonic()
+            self.outages += 1
+            self._log.warning("lost %s (%s); retrying", self.name, why)
+
+    def ok(self, part: str = "") -> None:
+        self._down.discard(part)
+        if self._down:
+            return
+        self._answered = True
+        if self.lost_at is not None:
+            self._log.info("%s back after %.0f s", self.name, time.monotonic() - self.lost_at)
+            self.lost_at = None
+
+    @contextlib.contextmanager
+    def watch(self, errors: tuple[type[BaseException], ...], into: type[Exception]) -> Iterator[None]:
+        """Around one call to the dependency: `errors` are reported and raised as `into`
+        (the back end's own error, naming the dependency); a call that returns reports
+        it answering."""
+        try:
+            yield
+        except errors as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self.failed(why)
+            raise into(f"{self.name}: {why}") from exc
+        self.ok()

@@ -32,11 +32,32 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# The connection libraries log every reconnect attempt and dropped connection as
+# WARNING or ERROR, often with a traceback; the back ends say what a person needs once
+# per outage ("lost ..." / "... back after N s", see `shared.retry.Link`). Their lines
+# are kept, as DEBUG lines: shown only with `common.log_level = "DEBUG"`.
+DEMOTED = ("aio_pika", "aiormq", "asyncpg")
+
+
+class Demote(logging.Filter):
+    """Turns the records of `DEMOTED` libraries into DEBUG records (dropped unless
+    `show`)."""
+
+    def __init__(self, show: bool):
+        super().__init__()
+        self.show = show
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.partition(".")[0] not in DEMOTED:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.show
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Demote(show=logging.getLevelName(level) <= logging.DEBUG))
+    logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Library chatter at INFO (every reconnect attempt, every request) drowns the progress.
     for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

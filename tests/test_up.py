@@ -3,6 +3,7 @@ cleanly on SIGINT, and the next run resumes from the same replay file and checkp
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 SMALL = [
     "--set", "common.env_id=tictactoe", "--set", "mcts.num_simulations=16",
@@ -24,8 +27,10 @@ SMALL = [
 def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Start `cartridge up`, wait for `pattern` in its log, then Ctrl-C it."""
     with open(log, "w") as out:
+        # This checkout's code, not whichever one is installed (a worktree's tests run it).
         proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL],
-                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not re.search(pattern, log.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -3,8 +3,9 @@
 Each message is persistent and confirmed by the broker. Up to `max_unconfirmed`
 publishes are in flight; beyond that `publish` waits, so self-play slows down instead of
 memory growing while the broker is away. A publish that fails (connection lost,
-channel closed) is retried with backoff under the same `batch_id`; a broker that got it
-before failing will hand ingest a duplicate, which ingest's batch ledger drops.
+channel closed, backlog full) is retried with backoff under the same `batch_id`; a
+broker that got it before failing will hand ingest a duplicate, which ingest's batch
+ledger drops. A lost broker is logged by the bus; a full backlog here, once each time.
 
 With a `confirmed_log` file, every confirmed message is appended to it as one JSON line
 (`{"batch_id", "rows", "games": {game uuid hex: plies}}`), written before the publish
@@ -21,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bus import Bus, BusUnavailable
+from shared.bus import BacklogFull, BusUnavailable, TransitionPublisher
 from shared.messages import TransitionBatch, encode_transitions
-from shared.retry import retry
+from shared.retry import Link, retry
 
 log = logging.getLogger(__name__)
 
 
 class GamePublisher:
-    def __init__(self, bus: Bus, max_unconfirmed: int, confirmed_log: str | Path = ""):
+    def __init__(self, bus: TransitionPublisher, max_unconfirmed: int, confirmed_log: str | Path = ""):
         self._bus = bus
         # Line-buffered: each confirmation reaches the OS at once, so it survives SIGKILL.
         self._confirmed_log = open(confirmed_log, "a", buffering=1) if confirmed_log else None
@@ -39,6 +40,9 @@ class GamePublisher:
         self.confirmed_batches = 0
         self.confirmed_rows = 0
         self.retries = 0
+        # "lost room in the transitions backlog (...); retrying" / "... back after 12 s"
+        self.room = Link("room in the transitions backlog", log)
+        self.room.ok()
 
     @property
     def unconfirmed(self) -> int:
@@ -65,12 +69,13 @@ class GamePublisher:
 
         def failed(exc: BaseException, failures: int) -> None:
             self.retries += 1
-            log.warning("publish of batch %s failed (%s: %s); retry %d",
-                        batch.batch_id, type(exc).__name__, exc, failures)
+            if isinstance(exc, BacklogFull):  # ingest is behind: games wait, nothing is lost
+                self.room.failed(str(exc))
 
         try:
             await retry(lambda: self._bus.publish_transitions(body, message_id=batch.batch_id),
                         what=f"publish of batch {batch.batch_id}", errors=BusUnavailable, on_failure=failed)
+            self.room.ok()
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
             if self._confirmed_log is not None:

@@ -232,12 +232,11 @@ class IngestService:
 
         def failed(exc: BaseException, failures: int) -> None:
             self.stats.write_failures += 1
-            log.warning("storing %d messages failed (%s: %s); nothing acked, retry %d",
-                        len(good), type(exc).__name__, exc, failures)
 
         try:
             # Every message was checked before, so the data is not the cause: keep the
-            # messages unacked and try again. Any other error is a bug and stops ingest.
+            # messages unacked and try again (the replay store logs the outage). Any
+            # other error is a bug and stops ingest.
             result = await retry(lambda: self.replay.write(batches), what=f"storing {len(good)} messages",
                                  errors=ReplayUnavailable, stop=stop, on_failure=failed)
         except Stopped:

@@ -119,8 +119,8 @@ class TrainerService:
     async def _wait_for_data(self, replay, stop: asyncio.Event) -> None:
         needed = self.config.training.min_transitions
         while True:
-            self.replay_size = await self._retrying(lambda: replay.count(self.game.env_id), stop,
-                                                    ReplayUnavailable, "replay database")
+            self.replay_size = await retry(lambda: replay.count(self.game.env_id), what="counting the replay",
+                                           errors=ReplayUnavailable, stop=stop)
             if self.replay_size >= needed:
                 return
             log.info("waiting for data: %d of %d positions in the replay buffer", self.replay_size, needed)
@@ -131,8 +131,8 @@ class TrainerService:
         start, start_step = time.monotonic(), self.step
         end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
         while self.step < end_step and not stop.is_set():
-            added = await self._retrying(lambda: self.window.refresh(replay), stop,
-                                         ReplayUnavailable, "replay database")
+            added = await retry(lambda: self.window.refresh(replay), what="refreshing the window",
+                                errors=ReplayUnavailable, stop=stop)
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
@@ -171,18 +171,12 @@ class TrainerService:
                 version = max(max(await store.list_versions(env_id), default=0), version) + 1
                 log.warning("%s; storing this model as version %d instead", exc, version)
 
-    async def _retrying(self, call, stop: asyncio.Event, errors=StoreUnavailable, what="model store"):
-        """`await call()`, retried with backoff while it raises one of `errors` (a
-        dependency is away); `Stopped` if `stop` is set first."""
-        def failed(exc: BaseException, failures: int) -> None:
-            log.warning("%s unavailable (%s: %s); retry %d", what, type(exc).__name__, exc, failures)
-
-        return await retry(call, what=what, errors=errors, stop=stop, on_failure=failed)
-
     async def _publish(self, store, stop: asyncio.Event) -> None:
-        """Export, upload, checkpoint, announce. Store outages are retried until `stop`."""
+        """Export, upload, checkpoint, announce. Outages are retried until `stop` (the
+        store and the bus log them)."""
         onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
-        info = await self._retrying(lambda: self._put_model(store, self.version + 1, onnx_bytes), stop)
+        info = await retry(lambda: self._put_model(store, self.version + 1, onnx_bytes),
+                           what="storing the model", errors=StoreUnavailable, stop=stop)
         version = info.version
         checkpoint = Checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -190,15 +184,16 @@ class TrainerService:
         )
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
             data = await asyncio.to_thread(checkpoint.to_bytes)
-            await self._retrying(lambda: store.put_checkpoint(self.game.env_id, version, data), stop)
+            await retry(lambda: store.put_checkpoint(self.game.env_id, version, data),
+                        what="storing the checkpoint", errors=StoreUnavailable, stop=stop)
         self.version = version
         event = ModelPublished(
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
             size=info.size, step=info.step,
         )
         try:
-            await self._retrying(lambda: self.bus.publish_event(encode_event(event)), stop,
-                                 BusUnavailable, "broker")
+            await retry(lambda: self.bus.publish_event(encode_event(event)), what="announcing the model",
+                        errors=BusUnavailable, stop=stop)
         except Stopped:
             # The model is stored either way; actors that miss the event pick it up at start.
             log.warning("stopped before model %d was announced; actors load it when they start", version)

@@ -14,6 +14,7 @@ the queue first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -37,7 +38,7 @@ from aiormq.exceptions import (
 
 from shared.bus.base import BacklogFull, BusUnavailable
 from shared.config import BrokerConfig, mask_url
-from shared.retry import Refused, reach, translated
+from shared.retry import Link, Refused, reach
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,15 @@ CONNECTION_LOST = (ConnectionError, ChannelInvalidStateError)
 PUBLISH_FAILED = (*CONNECTION_LOST, AMQPError, RuntimeError, TimeoutError)
 
 
+@contextlib.contextmanager
 def unavailable_on(errors: tuple[type[BaseException], ...]):
-    """Services see `BusUnavailable`, never aio-pika's errors."""
-    return translated(errors, BusUnavailable, "RabbitMQ")
+    """Services see `BusUnavailable`, never aio-pika's errors. (A lost connection is
+    reported by the connection itself, see `RabbitBus._watch`; a refused publish is the
+    publisher's to report.)"""
+    try:
+        yield
+    except errors as exc:
+        raise BusUnavailable(f"RabbitMQ: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -192,17 +199,32 @@ class RabbitBus:
         self._events_connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         self.topology: Topology | None = None
+        self.link = Link(f"RabbitMQ at {mask_url(broker.url)}", log)
+        self._closing = False
 
     async def __aenter__(self) -> "RabbitBus":
         self.connection = await connect(self.config, name=self.name)
+        self._watch(self.connection, "connection")
         channel = await self._confirming_channel()
         self.topology = await declare_topology(channel, self.config)
         return self
 
     async def __aexit__(self, *exc) -> None:
+        self._closing = True
         for connection in (self._events_connection, self.connection):
             if connection is not None:
                 await connection.close()
+
+    def _watch(self, connection: AbstractRobustConnection, part: str) -> None:
+        """Tell the link when `connection` is lost and when aio-pika has it open again
+        (channels and consumers restored): one line each, whatever fails in between."""
+        def closed(_connection, exc: BaseException | None = None) -> None:
+            if not self._closing:
+                self.link.failed(f"{part} closed: {exc}" if exc else f"{part} closed", part)
+
+        connection.close_callbacks.add(closed)
+        connection.reconnect_callbacks.add(lambda _connection: self.link.ok(part))
+        self.link.ok(part)
 
     async def _confirming_channel(self) -> AbstractChannel:
         if self._publisher is None or self._publisher.is_closed:
@@ -260,6 +282,7 @@ class RabbitBus:
         # with 8 actors on one connection each).
         if self._events_connection is None:
             self._events_connection = await connect(self.config, name=f"{self.name} events")
+            self._watch(self._events_connection, "events connection")
         queue = await bind_event_queue(await self._events_connection.channel(), self.config)
         return self._events(queue)
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from shared.config import StorageConfig, mask_url
 from shared.model_store.base import ObjectModelStore, ObjectTooLarge, StoreUnavailable
-from shared.retry import Refused, reach
+from shared.retry import Link, Refused, reach
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class S3ModelStore(ObjectModelStore):
             retries={"total_max_attempts": attempts, "mode": "standard"},
         )
         self._conditional_puts = True  # until the server says it does not support them
+        self.link = Link(f"{self._endpoint} bucket {self.bucket}", log)
         self._stack = contextlib.AsyncExitStack()
         self._s3 = None
 
@@ -72,20 +73,23 @@ class S3ModelStore(ObjectModelStore):
         return f"S3 endpoint {mask_url(self.storage.s3_endpoint_url) or '(AWS default)'}"
 
     def _unavailable(self, what: str) -> StoreUnavailable:
-        where = f"{self._endpoint} bucket {self.bucket}"
-        text = f"{where}: {what}"
+        """The error to raise (no credentials in it); the link is told the store is lost."""
         secret = self.storage.s3_secret_key
-        return StoreUnavailable(text.replace(secret, "***") if secret else text)
+        what = what.replace(secret, "***") if secret else what
+        self.link.failed(what)
+        return StoreUnavailable(f"{self.link.name}: {what}")
 
     async def _call(self, method, **kwargs):
         """One S3 call; a dead endpoint becomes StoreUnavailable (no credentials in it).
         ClientError (the server answered) is left to the caller."""
         try:
-            return await method(**kwargs)
+            result = await method(**kwargs)
         except ClientError:
             raise
         except _UNREACHABLE as exc:
             raise self._unavailable(f"unreachable ({type(exc).__name__}: {exc})") from None
+        self.link.ok()
+        return result
 
     # -- bucket ---------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
 from shared.replay.rows import WriteResult, decode_rows
-from shared.retry import Refused, reach, translated
+from shared.retry import Link, Refused, reach
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class PostgresReplay:
         self.ledger = f'"{self.name}_batches"'
         self.game = game
         self.pool: asyncpg.Pool | None = None
+        self.link = Link(f"PostgreSQL at {mask_url(self.url)}", log)
 
     async def __aenter__(self) -> "PostgresReplay":
         async def attempt() -> None:
@@ -65,6 +66,7 @@ class PostgresReplay:
                     errors=(OSError, TimeoutError, asyncpg.CannotConnectNowError,
                             asyncpg.TooManyConnectionsError))
         await self._migrate()
+        self.link.ok()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -72,8 +74,10 @@ class PostgresReplay:
             await self.pool.close()
             self.pool = None
 
-    def _unavailable_as_replay_error(self):
-        return translated(UNAVAILABLE, ReplayUnavailable, f"PostgreSQL at {mask_url(self.url)}")
+    def _call(self):
+        """Around each use of the server: its errors raised as ReplayUnavailable, and
+        the link told whether it answers."""
+        return self.link.watch(UNAVAILABLE, ReplayUnavailable)
 
     async def _create_database(self) -> None:
         """CREATE DATABASE cannot run in a transaction and has no IF NOT EXISTS: try the
@@ -133,7 +137,7 @@ class PostgresReplay:
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
         """Store the batches not stored before, in one transaction."""
         unique = {b[0]: b for b in batches}  # the same message twice in one flush
-        with self._unavailable_as_replay_error():
+        with self._call():
             async with self.pool.acquire() as conn, conn.transaction():
                 new = await conn.fetch(
                     f"INSERT INTO {self.ledger} (batch_id, rows) SELECT * FROM unnest($1::text[], $2::int[])"
@@ -171,7 +175,7 @@ class PostgresReplay:
 
     # -- reading -----------------------------------------------------------------------
     async def count(self, env_id: str) -> int:
-        with self._unavailable_as_replay_error():
+        with self._call():
             return await self.pool.fetchval(f"SELECT count(*) FROM {self.table} WHERE env_id = $1", env_id)
 
     async def fetch_since(self, env_id: str, last_id: int, limit: int) -> tuple[int, Transitions]:
@@ -189,7 +193,7 @@ class PostgresReplay:
 
     async def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
         # uuid_send: the uuid's 16 bytes, as the game_id column of Transitions holds them.
-        with self._unavailable_as_replay_error():
+        with self._call():
             rows = await self.pool.fetch(
                 f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value"
                 f" FROM {self.table} {where}", *params)

@@ -9,6 +9,7 @@ while ingest writes, and a killed process leaves the file consistent.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from shared.config import StorageConfig
 from shared.games import Game
 from shared.replay import ReplayUnavailable
 from shared.replay.rows import WriteResult, decode_rows, row_bytes
-from shared.retry import Backoff, retry, translated
+from shared.retry import Backoff, Link, retry
 from shared.transitions import Transitions
 
-# Switching to WAL does not wait for a busy file (ingest and trainer open it at the same
-# moment): try again for a few seconds.
-WAL_BACKOFF = Backoff(first=0.05, max=0.5)
-WAL_ATTEMPTS = 15
+log = logging.getLogger(__name__)
+
+# Switching to WAL and creating the tables do not wait for a busy file (ingest and the
+# trainer open it at the same moment): try again for a few seconds.
+SETUP_BACKOFF = Backoff(first=0.05, max=0.5)
+SETUP_ATTEMPTS = 15
 
 
 class SqliteReplay:
@@ -32,15 +35,15 @@ class SqliteReplay:
         self.game = game
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
+        self.link = Link(f"SQLite file {self.path}", log)
 
     async def __aenter__(self) -> "SqliteReplay":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = db = await asyncio.to_thread(
+        self._db = await asyncio.to_thread(
             sqlite3.connect, self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        await retry(lambda: asyncio.to_thread(db.execute, "PRAGMA journal_mode=WAL"),
-                    what=f"switching {self.path} to WAL", errors=sqlite3.OperationalError,
-                    backoff=WAL_BACKOFF, attempts=WAL_ATTEMPTS)
-        await asyncio.to_thread(self._create_tables)
+        await retry(lambda: asyncio.to_thread(self._set_up), what=f"setting up {self.path}",
+                    errors=sqlite3.OperationalError, backoff=SETUP_BACKOFF, attempts=SETUP_ATTEMPTS)
+        self.link.ok()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -48,8 +51,9 @@ class SqliteReplay:
             await asyncio.to_thread(self._db.close)
             self._db = None
 
-    def _create_tables(self) -> None:
+    def _set_up(self) -> None:
         db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(f"""
             CREATE TABLE IF NOT EXISTS {self.table} (
@@ -68,7 +72,7 @@ class SqliteReplay:
     async def _run(self, fn, *args):
         # Locked, busy or gone: raised to callers as ReplayUnavailable.
         async with self._lock:
-            with translated((sqlite3.OperationalError,), ReplayUnavailable, f"SQLite file {self.path}"):
+            with self.link.watch((sqlite3.OperationalError,), ReplayUnavailable):
                 return await asyncio.to_thread(fn, *args)
 
     # -- writing -----------------------------------------------------------------------
