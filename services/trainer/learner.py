@@ -39,13 +39,16 @@ def train_step(
 
 @dataclass
 class Checkpoint:
-    """Everything needed to continue exactly where training stopped."""
+    """The training state to continue from: weights, optimizer, step, version (the
+    window is not in it: a resumed trainer loads the newest positions)."""
 
     model: dict
     optimizer: dict
     step: int
     version: int  # the model version published with these weights
-    data_cursor: int  # replay id up to which the window had loaded
+    # Replay id up to which the window had loaded. Informational: a resumed trainer loads
+    # the newest window afresh (see the trainer service).
+    data_cursor: int
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

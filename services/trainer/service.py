@@ -1,12 +1,17 @@
 """The trainer service: learn from the replay window, publish every cycle's model.
 
 Lifecycle: connect to the replay store, model store and broker; resume from the newest
-checkpoint (weights, optimizer, step, version, data cursor); wait until the replay holds
+checkpoint (weights, optimizer, step, version); wait until the replay holds
 `min_transitions`; then per cycle:
   refresh the window -> `steps_per_iteration` steps (in a worker thread) -> export ONNX
   -> upload it as the next version -> checkpoint -> publish a model-published event.
 Versions only go up: the next one is above both the checkpoint's and the store's newest,
 and a stored version is never overwritten.
+
+The window is not in the checkpoint: a resumed trainer loads the newest `window_size`
+positions afresh, i.e. what its window held plus whatever was stored while it was away,
+as a trainer that never stopped would hold them. The checkpoint's data cursor (the replay
+id the window had reached) only says how far that was; it is logged on resume.
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ class TrainerService:
             self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(checkpoint.optimizer)
             self.step, self.version = checkpoint.step, checkpoint.version
-            log.info("resumed from checkpoint: model %d, step %d", self.version, self.step)
+            log.info("resumed from checkpoint: model %d, step %d (its window had read the replay up to id %d; "
+                     "the window now loads the newest positions)", self.version, self.step, checkpoint.data_cursor)
         # A version may have been claimed or stored after the last checkpoint (a crash in
         # between, even half-way through an upload): never reuse its number.
         newest = max(await store.list_versions(env_id), default=0)
