@@ -102,7 +102,7 @@ class PipeBus:
             raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
         await future
 
-    async def subscribe_events(self) -> AsyncIterator[bytes]:
+    async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         return self._event_stream()
 
     async def _event_stream(self) -> AsyncIterator[bytes]:
