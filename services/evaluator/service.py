@@ -28,7 +28,7 @@ from services.evaluator.measure import measure
 from services.evaluator.ratings import Rating, fit_ratings, rank_opponents, tally
 from services.evaluator.rollback import decide
 from shared.bus import BusUnavailable, EventPublisher, EventSubscriber, open_bus
-from shared.config import Config
+from shared.config import Config, EvalConfig
 from shared.evaluations import Evaluation, Evaluations, RatingGame, open_evaluations
 from shared.games import get_game
 from shared.inference import ModelError, OnnxEvaluator
@@ -69,6 +69,19 @@ def fit(games: list[RatingGame], prior_draws: float) -> dict[str, Rating]:
     if not games:
         return {}
     return fit_ratings(tally((g.player_a, g.player_b, g.score_a) for g in games), ANCHOR, prior_draws)
+
+
+def play_ladder(game, cfg: EvalConfig) -> list[RatingGame]:
+    """The anchors against their neighbours in `anchors` order, `games / 2` games each:
+    what ties the anchors' ratings to `random`. Played once and kept."""
+    anchors, games = cfg.anchors, []
+    for weaker, stronger in zip(anchors, anchors[1:]):
+        (records,) = play_against(game, anchor_player(game, stronger, seed=1), [anchor_player(game, weaker, seed=2)],
+                                  max(1, cfg.games // 4), opening_plies=cfg.opening_plies, seed=0)
+        games += [RatingGame(version=0, player_a=stronger, player_b=weaker, score_a=r.score_a, moves=r.moves,
+                             a_first=r.a_first) for r in records]
+    log.info("anchor ladder played: %d games between %s", len(games), ", ".join(anchors))
+    return games
 
 
 class EvaluatorService:
@@ -211,7 +224,7 @@ class EvaluatorService:
         env, cfg = self.game.env_id, self.config.eval
         stored = await self.results.games(env)
         if not any(g.version == 0 for g in stored):
-            ladder = await asyncio.to_thread(self._play_ladder)
+            ladder = await asyncio.to_thread(play_ladder, self.game, cfg)
             await self.results.record(env, None, ladder)
             stored += ladder
         ratings = fit(stored, cfg.prior_draws)
@@ -245,20 +258,6 @@ class EvaluatorService:
             log.warning("model %d cannot be an opponent: %s", other, exc)
             return None
         return model_player(self.game, evaluator, self.config.eval.game_simulations, self.config.mcts)
-
-    def _play_ladder(self) -> list[RatingGame]:
-        """The anchors against their neighbours in `anchors` order, once: what ties the
-        anchors' ratings to `random`."""
-        cfg, anchors = self.config.eval, self.config.eval.anchors
-        games = []
-        for weaker, stronger in zip(anchors, anchors[1:]):
-            (records,) = play_against(self.game, anchor_player(self.game, stronger, seed=1),
-                                      [anchor_player(self.game, weaker, seed=2)], max(1, cfg.games // 4),
-                                      opening_plies=cfg.opening_plies, seed=0)
-            games += [RatingGame(version=0, player_a=stronger, player_b=weaker, score_a=r.score_a, moves=r.moves,
-                                 a_first=r.a_first) for r in records]
-        log.info("anchor ladder played: %d games between %s", len(games), ", ".join(anchors))
-        return games
 
     async def _guard(self, version: int, ratings: dict[str, Rating]) -> None:
         """The regression guard, decided by the newest stored version only."""
