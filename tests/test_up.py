@@ -3,6 +3,7 @@ cleanly on SIGINT, and the next run resumes from the same replay file and checkp
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -18,14 +19,18 @@ SMALL = [
     "--set", "actor.parallel_games=16", "--set", "training.min_transitions=200",
     "--set", "training.steps_per_iteration=20", "--set", "training.batch_size=64",
     "--set", "network.blocks=1", "--set", "network.channels=16",
+    "--set", "eval.simulations=4", "--set", "eval.positions=8", "--set", "eval.games=4",
+    "--set", "eval.game_simulations=4",
 ]
 
 
 def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Start `cartridge up`, wait for `pattern` in its log, then Ctrl-C it."""
     with open(log, "w") as out:
+        # PYTHONPATH: this checkout's code, not whichever one the environment installed.
         proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL],
-                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         deadline = time.monotonic() + timeout
         while not re.search(pattern, log.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -48,12 +53,18 @@ def stored(tmp_path: Path) -> tuple[int, int]:
 
 
 def test_up_trains_stops_cleanly_and_resumes(tmp_path):
-    first = run_until(tmp_path, tmp_path / "first.log", r"published model 2 ")
+    # Model 2 published, and the evaluator (a worker process) rated a model.
+    first = run_until(tmp_path, tmp_path / "first.log", r"(?s)(?=.*published model 2 )(?=.*model \d+: rating)")
     assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     text = (tmp_path / "first.log").read_text()
     assert re.search(r"games/s, .* positions/s \| replay \d+ positions \| step \d+", text) or "stopped:" in text
     rows, distinct = stored(tmp_path)
     assert rows > 0 and rows == distinct  # every position once
+    db = sqlite3.connect(tmp_path / "runs" / "replay.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM evaluations WHERE status = 'ok'").fetchone()[0] >= 1
+    finally:
+        db.close()
     models = sorted((tmp_path / "runs" / "models" / "tictactoe" / "models").glob("*.onnx"))
     assert len(models) >= 2
     stopped = re.search(r"stopped: (\d+) positions stored this run, model (\d+), step (\d+)", text)
