@@ -80,6 +80,17 @@ GUARD = {"simulations": 4, "positions": 8, "games": 16, "game_simulations": 1, "
          "anchors": ["random", "one-ply", "alphabeta-2"]}
 
 
+async def rate_in_turn(config, store, bus, *models: bytes) -> EvaluatorService:
+    """Run an evaluator; publish `models` as versions 1, 2, ..., each once the one before
+    is rated; return the stopped service."""
+    service = EvaluatorService(config)
+    async with running(service) as tasks:
+        for version, data in enumerate(models, start=1):
+            await publish(config, store, bus, version, data)
+            await wait_until(lambda: service.status().evaluated == version, f"model {version} rated", tasks=tasks)
+    return service
+
+
 async def test_a_weakened_model_after_a_trained_one_rolls_back_and_a_new_actor_serves_the_best(make_config):
     config = make_config(eval=GUARD)
     strong, weak = await asyncio.to_thread(trained_models)
@@ -92,13 +103,8 @@ async def test_a_weakened_model_after_a_trained_one_rolls_back_and_a_new_actor_s
 
     async with open_model_store(config.storage) as store, open_bus(config.broker, name="test") as bus:
         listener = asyncio.create_task(listen(await bus.subscribe_events()))
-        service = EvaluatorService(config)
-        async with running(service) as tasks:
-            await publish(config, store, bus, 1, strong)
-            await wait_until(lambda: service.status().evaluated == 1, "model 1 rated", tasks=tasks)
-            await publish(config, store, bus, 2, weak)
-            await wait_until(lambda: service.status().evaluated == 2, "model 2 rated", tasks=tasks)
-            await wait_until(lambda: reloads, "the rollback event", tasks=tasks)
+        service = await rate_in_turn(config, store, bus, strong, weak)
+        await wait_until(lambda: reloads, "the rollback event")
         assert service.status().rollbacks == 1
         assert [(e.version, e.hold) for e in reloads] == [(1, True)]
         pointer = await store.serving("tictactoe")
@@ -118,11 +124,6 @@ async def test_a_normal_sequence_does_not_roll_back(make_config):
     config = make_config(eval=GUARD)
     strong, weak = await asyncio.to_thread(trained_models)
     async with open_model_store(config.storage) as store, open_bus(config.broker, name="test") as bus:
-        service = EvaluatorService(config)
-        async with running(service) as tasks:
-            await publish(config, store, bus, 1, weak)
-            await wait_until(lambda: service.status().evaluated == 1, "model 1 rated", tasks=tasks)
-            await publish(config, store, bus, 2, strong)
-            await wait_until(lambda: service.status().evaluated == 2, "model 2 rated", tasks=tasks)
+        service = await rate_in_turn(config, store, bus, weak, strong)
         assert service.status().rollbacks == 0
         assert await store.serving("tictactoe") is None
