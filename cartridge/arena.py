@@ -15,55 +15,14 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from shared.config import Config, MCTSConfig
 from shared.games import Game, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.search.analysis import search_positions
+from shared.players import Player, one_ply_player, random_player, search_player
 from shared.service import base_parser, load_command_config
-
-Player = Callable[[np.ndarray], np.ndarray]  # boards -> actions
-
-
-def random_player(game: Game, rng: np.random.Generator) -> Player:
-    def play(boards: np.ndarray) -> np.ndarray:
-        legal = game.legal_mask(boards)
-        return (rng.random(legal.shape) * legal).argmax(axis=1)
-    return play
-
-
-def winning_moves(game: Game, boards: np.ndarray) -> np.ndarray:
-    """`bool[n, A]`: moves that win at once for the side to move."""
-    n, a = len(boards), game.num_actions
-    legal = game.legal_mask(boards)
-    wins = np.zeros((n, a), bool)
-    for action in range(a):
-        rows = np.flatnonzero(legal[:, action])
-        if len(rows):
-            _, done, value = game.play(boards[rows], np.full(len(rows), action))
-            wins[rows, action] = done & (value < 0)
-    return wins
-
-
-def one_ply_player(game: Game, rng: np.random.Generator) -> Player:
-    def play(boards: np.ndarray) -> np.ndarray:
-        legal = game.legal_mask(boards)
-        win = winning_moves(game, boards)
-        block = winning_moves(game, -boards) & legal  # where the opponent would win
-        noise = rng.random(legal.shape)
-        choice = np.where(win.any(1, keepdims=True), win, np.where(block.any(1, keepdims=True), block, legal))
-        return (noise * choice).argmax(axis=1)
-    return play
-
-
-def search_player(game: Game, evaluator: Evaluator, sims: int, mcts: MCTSConfig) -> Player:
-    def play(boards: np.ndarray) -> np.ndarray:
-        policy, _ = search_positions(game, evaluator, boards, sims, mcts)
-        return policy.argmax(axis=1)
-    return play
 
 
 def play_match(game: Game, model: Player, opponent: Player, games: int) -> dict[str, int]:

@@ -153,6 +153,9 @@ class BrokerConfig(_Section):
     """Queue keeping rejected messages for inspection."""
     models_exchange: str = "cartridge.models"
     """Fanout exchange for model-published and reload events."""
+    evaluator_queue: str = "cartridge.evaluator"
+    """The evaluator's durable queue on the models exchange: events published while it is
+    down wait there, so a restart misses no model."""
     max_message_bytes: PositiveInt = 4 * 1024 * 1024
     """Largest transition message accepted."""
     max_backlog_bytes: PositiveInt = 256 * 1024 * 1024
@@ -173,6 +176,46 @@ class IngestConfig(_Section):
     """Longest wait before a partial flush."""
 
 
+AnchorName = Annotated[str, Meta(pattern=r"^(random|one-ply|alphabeta-[1-9])$")]
+
+
+class EvalConfig(_Section):
+    enabled: bool = True
+    """Run the evaluator in `cartridge up` (a deployment runs `cartridge evaluator` or not)."""
+    simulations: PositiveInt = 200
+    """Search simulations per position for the searched accuracy."""
+    positions: PositiveInt = 100
+    """Labelled positions per stage searched for the searched accuracy (the raw-policy
+    accuracy always uses every position)."""
+    games: Annotated[int, Meta(ge=4, multiple_of=4)] = 40
+    """Rating games per version, split over its two most informative opponents in pairs of
+    colour-swapped openings (a multiple of 4)."""
+    game_simulations: PositiveInt = 50
+    """The model's search simulations per move in rating games."""
+    opening_plies: NonNegInt = 2
+    """Uniformly random plies opening every rating game, so games differ."""
+    anchors: tuple[AnchorName, ...] = ("random", "one-ply", "alphabeta-2", "alphabeta-4", "alphabeta-6")
+    """Fixed opponents (`random`, `one-ply`, `alphabeta-<depth 1-9>`); `random` is the
+    rating anchor at 0 and must be one of them."""
+    prior_draws: PositiveFloat = 1.0
+    """Virtual draws per pair of players that met: keep ratings finite after perfect scores."""
+    rollback: bool = True
+    """Serve the best rated version again when a newer one rates clearly worse."""
+    rollback_min_games: PositiveInt = 20
+    """Games a version must have played before it can cause a rollback."""
+    max_behind: PositiveInt = 3
+    """Versions waiting beyond this many are recorded as skipped (the newest is always
+    evaluated)."""
+    onnx_threads: PositiveInt = 1
+    """onnxruntime threads of the evaluator's model sessions."""
+
+    def __post_init__(self):
+        if "random" not in self.anchors:
+            raise ValueError("anchors must include 'random' (ratings are anchored on it)")
+        if len(set(self.anchors)) != len(self.anchors):
+            raise ValueError("anchors has duplicates")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     common: CommonConfig = CommonConfig()
     network: NetworkConfig = NetworkConfig()
@@ -182,6 +225,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     storage: StorageConfig = StorageConfig()
     broker: BrokerConfig = BrokerConfig()
     ingest: IngestConfig = IngestConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _sections() -> dict[str, type]:

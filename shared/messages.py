@@ -117,19 +117,55 @@ class ModelPublished(msgspec.Struct, frozen=True, kw_only=True, tag="model_publi
 
 
 class ReloadRequest(msgspec.Struct, frozen=True, kw_only=True, tag="reload", tag_field="type"):
-    """A person asks every actor to (re)load a model: `version` for that exact version
-    (rollback), or null for the newest one."""
+    """Every actor should (re)load a model: `version` for that exact version (rollback),
+    or null for the served one (the held version if one is held, else the newest).
+    `hold`: keep serving it, ignoring newer models, until a reload without hold (the
+    evaluator's regression guard sets it; a person may too)."""
 
     schema_version: int = EVENTS_SCHEMA_VERSION
     env_id: str | None = None
     version: int | None = None
+    hold: bool = False
     published_at: float = msgspec.field(default_factory=time.time)
 
 
-ControlEvent = ModelPublished | ReloadRequest
-EventType = Literal["model_published", "reload"]
+Stages = dict[str, float]  # {"early": .., "mid": .., "late": ..}
+
+
+class ModelEvaluated(msgspec.Struct, frozen=True, kw_only=True, tag="model_evaluated", tag_field="type"):
+    """The evaluator rated a model version (for dashboards and people; actors ignore it)."""
+
+    schema_version: int = EVENTS_SCHEMA_VERSION
+    env_id: str
+    version: int
+    step: int = 0
+    rating: float | None = None
+    """Elo above `random`, from every game so far; None if the evaluation failed."""
+    rating_error: float | None = None
+    games: int = 0
+    optimal_pct: Stages = {}
+    """Searched accuracy: % of labelled positions where the chosen move is optimal."""
+    policy_optimal_pct: Stages = {}
+    """The same for the raw policy (no search)."""
+    evaluated_at: float = msgspec.field(default_factory=time.time)
+
+
+ControlEvent = ModelPublished | ReloadRequest | ModelEvaluated
+EventType = Literal["model_published", "reload", "model_evaluated"]
+EVENT_TYPES = frozenset(EventType.__args__)
+
+
+class UnknownEventType(MessageError):
+    """Well-formed JSON whose `type` this reader does not know (a newer producer's event):
+    nothing is wrong with it, it is simply not for this reader."""
+
+
+class _Tagged(msgspec.Struct):
+    type: str | None = None
+
 
 _event_decoder = msgspec.json.Decoder(ControlEvent)
+_tag_decoder = msgspec.json.Decoder(_Tagged)
 
 
 def encode_event(event: ControlEvent) -> bytes:
@@ -137,9 +173,17 @@ def encode_event(event: ControlEvent) -> bytes:
 
 
 def decode_event(body: bytes) -> ControlEvent:
+    """The known event `body` holds; `UnknownEventType` for an event of another type,
+    `MessageError` for anything else that is not a valid event."""
     try:
         event = _event_decoder.decode(body)
     except msgspec.DecodeError as exc:
+        try:
+            kind = _tag_decoder.decode(body).type
+        except msgspec.DecodeError:
+            kind = None
+        if isinstance(kind, str) and kind not in EVENT_TYPES:
+            raise UnknownEventType(f"event of unknown type {kind!r}") from None
         raise MessageError(f"not a control event: {exc}") from None
     if event.schema_version != EVENTS_SCHEMA_VERSION:
         raise MessageError(

@@ -89,7 +89,31 @@ class TrainerStatus(Status, tag="trainer"):
     how often each new position is trained on)."""
 
 
-AnyStatus = Union[ActorStatus, IngestStatus, TrainerStatus]
+class EvaluatorStatus(Status, tag="evaluator"):
+    evaluated: int
+    """Versions evaluated (ok) since start."""
+    failed: int
+    """Versions recorded as failed (corrupt, foreign or missing model)."""
+    skipped: int
+    """Versions recorded as skipped (more than `max_behind` waiting)."""
+    version: int
+    """The version evaluated last (0: none yet)."""
+    rating: float | None
+    """Its rating (Elo above `random`) and standard error when it was rated."""
+    rating_error: float | None
+    optimal_pct: dict[str, float]
+    """Its searched accuracy per stage (% optimal moves)."""
+    policy_optimal_pct: dict[str, float]
+    """Its raw-policy accuracy per stage."""
+    serving: int | None
+    """The version actors are told to hold (None: the newest)."""
+    rollbacks: int
+    """Rollbacks decided since start."""
+    cpu_seconds: float
+    """CPU time spent evaluating since start."""
+
+
+AnyStatus = Union[ActorStatus, IngestStatus, TrainerStatus, EvaluatorStatus]
 
 
 class Lifecycle:

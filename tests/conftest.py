@@ -79,6 +79,7 @@ async def broker_names(test_id: str) -> dict[str, str]:
         "dead_letter_exchange": f"test.{test_id}.dead",
         "dead_letter_queue": f"test.{test_id}.transitions.dead",
         "models_exchange": f"test.{test_id}.models",
+        "evaluator_queue": f"test.{test_id}.evaluator",
     }
     yield names
     import aio_pika
@@ -86,7 +87,7 @@ async def broker_names(test_id: str) -> dict[str, str]:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for q in (names["transitions_queue"], names["dead_letter_queue"]):
+        for q in (names["transitions_queue"], names["dead_letter_queue"], names["evaluator_queue"]):
             await channel.queue_delete(q)
         for x in (names["dead_letter_exchange"], names["models_exchange"]):
             await channel.exchange_delete(x)

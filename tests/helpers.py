@@ -1,8 +1,11 @@
 """Test data: real self-play games, message bodies built from games, and row
-comparison. Random games come from `shared.games.random_play` (the benchmarks use them
+comparison, running services in a test. Random games come from `shared.games.random_play` (the benchmarks use them
 too)."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 import numpy as np
 
@@ -36,3 +39,31 @@ def assert_same_rows(a: Transitions, b: Transitions) -> None:
     assert len(a) == len(b), f"{len(a)} rows, expected {len(b)}"
     for name in Transitions.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+WAIT_S = 60  # generous bound for CI; the latency itself is asserted separately
+
+
+@contextlib.asynccontextmanager
+async def running(*services):
+    """Run `service.run(stop)` for each service in the background; stop them all after."""
+    stops = [asyncio.Event() for _ in services]
+    tasks = [asyncio.create_task(s.run(stop)) for s, stop in zip(services, stops)]
+    try:
+        yield tasks
+    finally:
+        for stop in stops:
+            stop.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
+
+
+async def wait_until(predicate, what: str, timeout: float = WAIT_S, tasks=()):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            for t in tasks:  # a crashed service fails the test at once, with its error
+                if t.done():
+                    t.result()
+                    raise AssertionError(f"a service stopped while waiting for {what}")
+            await asyncio.sleep(0.05)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
-APPS = ("ingest", "trainer", "actor")
+APPS = ("ingest", "trainer", "actor", "evaluator")
 
 
 def test_compose_file_matches_the_official_schema():
@@ -118,8 +118,8 @@ def moto_server(tmp_path):
 
 
 def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, tmp_path):
-    """ingest, trainer and three actors, started exactly as compose.yaml writes them,
-    until a model is published and every actor serves it."""
+    """ingest, trainer, three actors and the evaluator, started exactly as compose.yaml
+    writes them, until a model is published, every actor serves it and it is rated."""
     dotenv = {  # what a user's .env would hold, pointed at this machine's servers
         "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "unused-with-trust-auth",
         "POSTGRES_DB": f"cartridge_compose_{test_id}",
@@ -135,6 +135,9 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": broker_names["dead_letter_exchange"],
         "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": broker_names["dead_letter_queue"],
         "CARTRIDGE_BROKER_MODELS_EXCHANGE": broker_names["models_exchange"],
+        "CARTRIDGE_BROKER_EVALUATOR_QUEUE": broker_names["evaluator_queue"],
+        "CARTRIDGE_EVAL_SIMULATIONS": "4", "CARTRIDGE_EVAL_POSITIONS": "8", "CARTRIDGE_EVAL_GAMES": "4",
+        "CARTRIDGE_EVAL_GAME_SIMULATIONS": "4",
         "CARTRIDGE_COMMON_ENV_ID": "tictactoe", "CARTRIDGE_MCTS_NUM_SIMULATIONS": "16",
         "CARTRIDGE_ACTOR_PARALLEL_GAMES": "16", "CARTRIDGE_TRAINING_MIN_TRANSITIONS": "200",
         "CARTRIDGE_TRAINING_STEPS_PER_ITERATION": "20", "CARTRIDGE_TRAINING_BATCH_SIZE": "64",
@@ -142,12 +145,14 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
     base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
+    base["PYTHONPATH"] = str(ROOT)  # this checkout's code, whichever one `cartridge` was installed from
     assert shutil.which("cartridge", path=base["PATH"])
 
     procs, logs = {}, {}
     try:
         for name, service in [("ingest", "ingest"), ("trainer", "trainer"),
-                              ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor")]:
+                              ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor"),
+                              ("evaluator", "evaluator")]:
             command, environment = local_process(service, dotenv, hosts)
             logs[name] = tmp_path / f"{name}.log"
             procs[name] = subprocess.Popen(
@@ -156,13 +161,15 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         deadline = time.monotonic() + 240
         actors = [n for n in procs if n.startswith("actor")]
         while time.monotonic() < deadline:
-            if all("Model updated to version 1" in logs[a].read_text() for a in actors):
+            if (all("Model updated to version 1" in logs[a].read_text() for a in actors)
+                    and "model 1: rating" in logs["evaluator"].read_text()):
                 break
             crashed = [n for n, p in procs.items() if p.poll() is not None]
             assert not crashed, {n: logs[n].read_text()[-2000:] for n in crashed}
             time.sleep(0.5)
         else:
-            pytest.fail("no model reached all actors: " + logs["trainer"].read_text()[-2000:])
+            pytest.fail("no model reached all actors and the evaluator: " + logs["trainer"].read_text()[-2000:]
+                        + logs["evaluator"].read_text()[-2000:])
         assert "published model 1" in logs["trainer"].read_text()
         ids = {re.search(r"actor (\S+) playing", logs[a].read_text())[1] for a in actors}
         assert len(ids) == 3  # three distinct actor ids from hostname-pid

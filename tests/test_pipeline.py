@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -14,34 +13,7 @@ from services.ingest.service import IngestService
 from services.trainer.service import TrainerService
 from shared.model_store import open_model_store
 from shared.replay import open_replay
-
-WAIT_S = 60  # generous bound for CI; the latency itself is asserted separately
-
-
-@contextlib.asynccontextmanager
-async def running(*services):
-    """Run `service.run(stop)` for each service in the background; stop them all after."""
-    stops = [asyncio.Event() for _ in services]
-    tasks = [asyncio.create_task(s.run(stop)) for s, stop in zip(services, stops)]
-    try:
-        yield tasks
-    finally:
-        for stop in stops:
-            stop.set()
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, errors
-
-
-async def wait_until(predicate, what: str, timeout: float = WAIT_S, tasks=()):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            for t in tasks:  # a crashed service fails the test at once, with its error
-                if t.done():
-                    t.result()
-                    raise AssertionError(f"a service stopped while waiting for {what}")
-            await asyncio.sleep(0.05)
-
+from tests.helpers import WAIT_S, running, wait_until
 
 async def test_two_actors_to_trainer_and_back(make_config):
     config = make_config()

@@ -15,8 +15,8 @@ from services.trainer.export import export_onnx
 from services.trainer.network import PolicyValueNet
 from shared.config import load_config
 from shared.games import get_game
-from shared.messages import ModelPublished, ReloadRequest, encode_event
-from shared.model_store import LocalModelStore
+from shared.messages import ModelEvaluated, ModelPublished, ReloadRequest, encode_event
+from shared.model_store import LocalModelStore, ServingPointer
 from shared.model_store.base import model_key
 
 TICTACTOE = get_game("tictactoe")
@@ -62,9 +62,46 @@ async def test_malformed_json(reloader):
     await expect_kept(r, swapped, b'{"type": "reload", "version": ', "not a control event")
 
 
-async def test_unknown_event_type(reloader):
+async def test_other_event_types_are_ignored_quietly(reloader, caplog):
+    """model_evaluated (known, not for actors) at DEBUG; an unknown type at WARNING, one
+    line; neither is a failure and the model stays."""
     r, _, swapped = reloader
-    await expect_kept(r, swapped, json.dumps({"type": "explode"}).encode(), "not a control event", "explode")
+    evaluated = encode_event(ModelEvaluated(env_id="tictactoe", version=5, rating=100.0))
+    with caplog.at_level(logging.DEBUG):
+        await r.handle(evaluated)
+        await r.handle(json.dumps({"type": "explode"}).encode())
+    assert r.current.version == 1 and len(swapped) == 1 and r.failures == []
+    levels = {rec.levelname for rec in caplog.records if "not for actors" in rec.getMessage()}
+    assert levels == {"DEBUG", "WARNING"}
+    warning = next(rec for rec in caplog.records if rec.levelname == "WARNING")
+    assert "explode" in warning.getMessage() and warning.exc_info is None
+
+
+async def test_hold_ignores_newer_models_until_a_reload_without_hold(reloader):
+    r, store, swapped = reloader
+    await store.put_model("tictactoe", 2, onnx_for(TICTACTOE, seed=2), step=20)
+    await r.handle(encode_event(ReloadRequest(env_id="tictactoe", version=1, hold=True)))
+    assert r.holding and r.current.version == 1
+    three = await store.put_model("tictactoe", 3, onnx_for(TICTACTOE, seed=3), step=30)
+    await r.handle(published(three))
+    assert r.current.version == 1, "a held actor took a published model"
+    await r.handle(encode_event(ReloadRequest(env_id="tictactoe", version=None, hold=False)))
+    assert not r.holding and r.current.version == 3
+
+
+async def test_start_and_versionless_reload_follow_a_holding_pointer(reloader, tmp_path):
+    r, store, swapped = reloader
+    await store.put_model("tictactoe", 2, onnx_for(TICTACTOE, seed=2), step=20)
+    await store.put_serving("tictactoe", ServingPointer(version=1, hold=True, reason="test"))
+    fresh = ModelReloader(store, TICTACTOE, r.config, [].append)
+    await fresh.load_initial()
+    assert fresh.current.version == 1 and fresh.holding
+    await r.handle(encode_event(ReloadRequest(env_id="tictactoe", version=None)))
+    assert r.current.version == 1
+    await store.put_serving("tictactoe", ServingPointer(version=1, hold=False))
+    newest = ModelReloader(store, TICTACTOE, r.config, [].append)
+    await newest.load_initial()
+    assert newest.current.version == 2 and not newest.holding
 
 
 async def test_wrong_field_type(reloader):

@@ -21,6 +21,8 @@ SMALL = [
     "--set", "actor.parallel_games=16", "--set", "training.min_transitions=200",
     "--set", "training.steps_per_iteration=20", "--set", "training.batch_size=64",
     "--set", "network.blocks=1", "--set", "network.channels=16",
+    "--set", "eval.simulations=4", "--set", "eval.positions=8", "--set", "eval.games=4",
+    "--set", "eval.game_simulations=4",
 ]
 
 
@@ -53,12 +55,18 @@ def stored(tmp_path: Path) -> tuple[int, int]:
 
 
 def test_up_trains_stops_cleanly_and_resumes(tmp_path):
-    first = run_until(tmp_path, tmp_path / "first.log", r"published model 2 ")
+    # Model 2 published, and the evaluator (a worker process) rated a model.
+    first = run_until(tmp_path, tmp_path / "first.log", r"(?s)(?=.*published model 2 )(?=.*model \d+: rating)")
     assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     text = (tmp_path / "first.log").read_text()
     assert re.search(r"games/s, .* positions/s \| replay \d+ positions \| step \d+", text) or "stopped:" in text
     rows, distinct = stored(tmp_path)
     assert rows > 0 and rows == distinct  # every position once
+    db = sqlite3.connect(tmp_path / "runs" / "replay.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM evaluations WHERE status = 'ok'").fetchone()[0] >= 1
+    finally:
+        db.close()
     models = sorted((tmp_path / "runs" / "models" / "tictactoe" / "models").glob("*.onnx"))
     assert len(models) >= 2
     stopped = re.search(r"stopped: (\d+) positions stored this run, model (\d+), step (\d+)", text)

@@ -1,9 +1,14 @@
 """Turning control events into the model an actor plays with.
 
-A model-published event or a reload request names a version (or "newest"); the model is
-downloaded, its sha256 checked, its onnxruntime session built in a worker thread, and
-only then swapped in. Anything wrong (unknown version, corrupt or foreign model, store
-down, malformed event) is logged and the current model stays.
+A model-published event or a reload request names a version (or "the served one"); the
+model is downloaded, its sha256 checked, its onnxruntime session built in a worker
+thread, and only then swapped in. Anything wrong (unknown version, corrupt or foreign
+model, store down, malformed event) is logged and the current model stays.
+
+Which model to serve: the store's serving pointer's version while it holds (a rollback),
+else the newest. A reload with `hold` starts holding: model-published events are then
+ignored until a reload without it. Events of other types (the evaluator's
+model_evaluated, or a type newer than this code) are not for actors: ignored quietly.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Callable
 from shared.config import Config
 from shared.games import Game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.messages import MessageError, ModelPublished, ReloadRequest, decode_event
+from shared.messages import MessageError, ModelEvaluated, ModelPublished, ReloadRequest, UnknownEventType, decode_event
 from shared.model_store import ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -31,14 +36,31 @@ class ModelReloader:
         self.failures: list[str] = []  # why events could not be acted on
         self.events_handled = 0
         self._received_at = 0.0  # wall clock when the event being handled arrived
+        self.holding = False  # serving a held version: newer models wait for a reload
 
     async def load_initial(self) -> None:
-        """Start with the newest stored model, or the uniform evaluator if none exists."""
+        """Start with the served model (held or newest), or the uniform evaluator if none
+        exists."""
+        held = await self._held_version()
+        if held is not None:
+            self.holding = True
+            await self._load(held, published_at=None, why="start-up, held by the serving pointer")
+            return
         info = await self.store.latest(self.game.env_id)
         if info is None:
             log.info("no model stored yet for %s: playing with the uniform evaluator", self.game.env_id)
             return
         await self._load(info.version, published_at=None, why="start-up")
+
+    async def _held_version(self) -> int | None:
+        """The serving pointer's version if it holds one; None otherwise (or unreadable:
+        then the newest is served, and the reason logged)."""
+        try:
+            pointer = await self.store.serving(self.game.env_id)
+        except (ModelCorrupt, StoreUnavailable) as exc:
+            log.warning("cannot read the serving pointer (%s); serving the newest model", exc)
+            return None
+        return pointer.version if pointer is not None and pointer.hold else None
 
     async def handle(self, body: bytes) -> None:
         """Act on one control event's raw body."""
@@ -51,13 +73,23 @@ class ModelReloader:
     async def _handle(self, body: bytes) -> None:
         try:
             event = decode_event(body)
+        except UnknownEventType as exc:
+            log.warning("ignored control event: %s (not for actors)", exc)
+            return
         except MessageError as exc:
             self._fail(f"ignored control event: {exc}")
+            return
+        if isinstance(event, ModelEvaluated):
+            log.debug("ignored model_evaluated for model %d (not for actors)", event.version)
             return
         if event.env_id is not None and event.env_id != self.game.env_id:
             log.debug("ignored event for %s (this actor plays %s)", event.env_id, self.game.env_id)
             return
         if isinstance(event, ModelPublished):
+            if self.holding:
+                log.info("model %d published; holding model %d until a reload without hold",
+                         event.version, self.current.version)
+                return
             if event.version <= self.current.version:
                 log.debug("model %d published; already serving %d", event.version, self.current.version)
                 return
@@ -65,7 +97,12 @@ class ModelReloader:
                                  sha256=event.sha256, size=event.size, step=event.step)
             await self._load(event.version, event.published_at, why="model published", expected=expected)
         elif isinstance(event, ReloadRequest):
-            await self._load(event.version, event.published_at, why="reload requested")
+            version = event.version
+            if version is None:
+                version = await self._held_version()  # None: the newest
+            self.holding = event.hold
+            why = "reload requested" + (", holding it" if event.hold else "")
+            await self._load(version, event.published_at, why=why)
 
     def _fail(self, message: str) -> None:
         self.failures.append(message)

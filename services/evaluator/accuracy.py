@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
 import numpy as np
 
 from shared.games import get_game
+from shared.games.labelled import LabelledPositions
 
 
 class MoveScore(msgspec.Struct, frozen=True):
@@ -78,15 +78,6 @@ def score_player(player: Callable[[np.ndarray], np.ndarray], boards: np.ndarray,
     return score_moves(values, np.asarray(player(boards)))
 
 
-@dataclass(frozen=True)
-class LabelledPositions:
-    """Positions with exact move values (the fields `shared.games.labelled` has too)."""
-
-    moves: list[str]
-    boards: np.ndarray
-    values: np.ndarray
-
-
 @functools.cache
 def tictactoe_labelled() -> LabelledPositions:
     """Every reachable, unfinished TicTacToe position (4,520), each once, with the exact
@@ -126,8 +117,11 @@ def tictactoe_labelled() -> LabelledPositions:
         table[parent, action] = outcome + 0.0  # + 0.0: no -0.0
         tables.insert(0, table)
         best_below = np.nanmax(table, axis=1)
+    values = np.concatenate(tables)
     return LabelledPositions(
         moves=[m for _, moves, *_ in levels for m in moves],
         boards=np.concatenate([b for b, *_ in levels]),
-        values=np.concatenate(tables),
+        values=values,
+        score=np.nanmax(values, axis=1).astype(np.int64),
+        source=["minimax"] * len(values),
     )

@@ -22,13 +22,10 @@ without it a cell.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from shared.games.connect import ConnectGame
-
-Player = Callable[[np.ndarray], np.ndarray]  # boards -> actions, as in cartridge.arena
+from shared.players import Player
 
 WIN = 100_000
 """Score of a win on the next move; a win `n` plies away scores `WIN - n`. Far above

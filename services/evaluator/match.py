@@ -8,7 +8,7 @@ Everything is seeded: the same seed gives the same openings and, with seeded or
 deterministic players, the same games.
 
 Players are `Player` callables (boards from the side to move's view -> actions), as in
-`cartridge.arena`; `anchor_player` builds the fixed opponents by name and
+`shared.players`; `anchor_player` builds the fixed opponents by name and
 `model_player` a network's noise-free, greedy search.
 """
 
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from cartridge.arena import Player, one_ply_player, random_player, search_player
 from services.evaluator.alphabeta import alphabeta_player
 from shared.config import MCTSConfig
 from shared.games import Game
 from shared.inference import Evaluator
+from shared.players import Player, one_ply_player, random_player, search_player
 
 ALPHABETA_PREFIX = "alphabeta-"
 

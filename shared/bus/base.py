@@ -74,8 +74,11 @@ class EventPublisher(BusConnection, Protocol):
 
 
 class EventSubscriber(BusConnection, Protocol):
-    async def subscribe_events(self) -> AsyncIterator[bytes]:
-        """Subscribe now; the iterator yields every control event published from now on."""
+    async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
+        """Subscribe now; the iterator yields every control event published from now on.
+        `durable_queue`: a named queue that outlives this subscriber, so events published
+        while it is away wait for it (the evaluator's; a bus within one process has no
+        such "away" and may ignore it)."""
 
 
 class ActorBus(TransitionPublisher, EventSubscriber, Protocol):

@@ -103,7 +103,7 @@ class MemoryBus:
         for queue in self._subscribers:
             queue.put_nowait(body)
 
-    async def subscribe_events(self) -> AsyncIterator[bytes]:
+    async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._subscribers.append(queue)
         return self._events(queue)

@@ -5,9 +5,11 @@ stdout as length-prefixed frames of plain bytes (no pickle):
     T <32-char message id> <body>   worker -> parent: publish a transition batch
     C <32-char message id>          parent -> worker: that batch is on the bus (confirm)
     E <body>                        parent -> worker: a control event
-The parent's side (`serve_pipe`) forwards T frames to its bus and confirms them, and
-forwards every event of its own subscription as E frames. A worker publishes transitions
-and subscribes to events, nothing else: `PipeBus` is an `ActorBus`.
+    P <body>                        worker -> parent: publish a control event (the evaluator's)
+The parent's side (`serve_pipe`) forwards T frames to its bus and confirms them, P frames
+to its bus's events, and every event of its own subscription as E frames. An actor
+publishes transitions and subscribes to events (`PipeBus` is an `ActorBus`); the
+evaluator subscribes to events and publishes some.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import struct
 import sys
 from typing import AsyncIterator
 
-from shared.bus.base import ActorBus, BusUnavailable
+from shared.bus.base import Bus, BusUnavailable
 
 HEADER = struct.Struct(">IB")  # payload length, frame kind
 ID_LEN = 32
@@ -102,7 +104,14 @@ class PipeBus:
             raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
         await future
 
-    async def subscribe_events(self) -> AsyncIterator[bytes]:
+    async def publish_event(self, body: bytes) -> None:
+        try:
+            self._writer.write(frame(b"P", body))
+            await self._writer.drain()
+        except ConnectionError as exc:  # the parent is gone
+            raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
+
+    async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         return self._event_stream()
 
     async def _event_stream(self) -> AsyncIterator[bytes]:
@@ -110,7 +119,7 @@ class PipeBus:
             yield await self._events.get()
 
 
-async def serve_pipe(bus: ActorBus, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_pipe(bus: Bus, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """The parent's side for one worker: until the worker's stdout closes, forward its
     transition batches to `bus` (confirming each) and `bus`'s events to the worker."""
     events = await bus.subscribe_events()
@@ -129,6 +138,8 @@ async def serve_pipe(bus: ActorBus, reader: asyncio.StreamReader, writer: asynci
                 await bus.publish_transitions(body, message_id=key.decode())
                 writer.write(frame(b"C", key))
                 await writer.drain()
+            elif kind == b"P":
+                await bus.publish_event(payload)
     except (ConnectionError, BrokenPipeError):
         pass  # the worker died; what it had not published is lost with it, whole games only
     finally:

@@ -122,14 +122,19 @@ async def declare_topology(channel: AbstractChannel, broker: BrokerConfig) -> To
     return Topology(transitions, dlx, dead, models)
 
 
-async def bind_event_queue(channel: AbstractChannel, broker: BrokerConfig) -> AbstractQueue:
+async def bind_event_queue(channel: AbstractChannel, broker: BrokerConfig,
+                           durable_queue: str | None = None) -> AbstractQueue:
     """A private queue receiving every event on the models exchange from now on; the
     broker deletes it when this connection goes. (On a robust channel aio-pika names it
     `amq_<uuid>` itself rather than letting the server pick `amq.gen-*`, so that it can
-    declare it again after a reconnect.)"""
+    declare it again after a reconnect.) A `durable_queue` is kept instead, events and all,
+    while nobody consumes it (the evaluator's)."""
     exchange = await channel.declare_exchange(
         broker.models_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    if durable_queue:
+        queue = await channel.declare_queue(durable_queue, durable=True)
+    else:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind(exchange)
     return queue
 
@@ -275,7 +280,7 @@ class RabbitBus:
             exchange = await channel.get_exchange(self.config.models_exchange, ensure=False)
             await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE_JSON), routing_key="")
 
-    async def subscribe_events(self) -> AsyncIterator[bytes]:
+    async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         # Control events get a connection of their own: RabbitMQ throttles a connection
         # that publishes faster than queues take (flow control), and a model event must
         # not wait behind an actor's flood of transitions (measured: 42 s instead of 50 ms
@@ -283,7 +288,7 @@ class RabbitBus:
         if self._events_connection is None:
             self._events_connection = await connect(self.config, name=f"{self.name} events")
             self._watch(self._events_connection, "events connection")
-        queue = await bind_event_queue(await self._events_connection.channel(), self.config)
+        queue = await bind_event_queue(await self._events_connection.channel(), self.config, durable_queue)
         return self._events(queue)
 
     @staticmethod

@@ -3,7 +3,7 @@
 
 from shared.config import StorageConfig
 from shared.model_store.base import (
-    ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, StoreUnavailable, VersionExists,
+    ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, ServingPointer, StoreUnavailable, VersionExists,
 )
 from shared.model_store.local import LocalModelStore
 
@@ -26,5 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ModelCorrupt", "ModelInfo", "ModelNotFound", "ModelStore", "StoreUnavailable", "VersionExists",
+__all__ = ["ModelCorrupt", "ModelInfo", "ModelNotFound", "ModelStore", "ServingPointer", "StoreUnavailable", "VersionExists",
            "LocalModelStore", "S3ModelStore", "open_model_store"]

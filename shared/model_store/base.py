@@ -4,6 +4,7 @@ Layout under a bucket or directory (`<version>` is zero-padded so names sort):
     <env_id>/models/<version>.json     its ModelInfo (sha256, size, step, ...)
     <env_id>/models/<version>.onnx     the model
     <env_id>/latest.json               ModelInfo of the newest version
+    <env_id>/serving.json              which version actors should serve (ServingPointer)
     <env_id>/checkpoints/<version>.pt  trainer state published with that version
 A version, once written, is never overwritten. Its .json is written first, "only if
 absent": that record is the claim on the version number, and a model file is never
@@ -30,6 +31,16 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float = 0.0
     metadata: dict[str, str] = {}
     """Free-form facts about the model (e.g. network shape), for people and tools."""
+
+
+class ServingPointer(msgspec.Struct, frozen=True, kw_only=True):
+    """Which model actors should serve. With `hold` they serve `version` and ignore newer
+    models (a rollback); without it they serve the newest, as if there were no pointer."""
+
+    version: int
+    hold: bool = False
+    reason: str = ""
+    decided_at: float = msgspec.field(default_factory=time.time)
 
 
 class ModelNotFound(LookupError):
@@ -81,6 +92,10 @@ def checkpoint_key(env_id: str, version: int) -> str:
 
 def latest_key(env_id: str) -> str:
     return f"{env_prefix(env_id)}latest.json"
+
+
+def serving_key(env_id: str) -> str:
+    return f"{env_prefix(env_id)}serving.json"
 
 
 def version_of(key: str) -> int | None:
@@ -167,6 +182,12 @@ class ModelStore(Protocol):
 
     async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
         """The highest-numbered checkpoint, None if there is none."""
+
+    async def put_serving(self, env_id: str, pointer: ServingPointer) -> None:
+        """Say which version actors should serve (overwrites the previous pointer)."""
+
+    async def serving(self, env_id: str) -> ServingPointer | None:
+        """The pointer, None if none was ever written."""
 
 
 # -- the logic, shared by every back end ------------------------------------------------
@@ -270,3 +291,16 @@ class ObjectModelStore:
             if data is not None:
                 return version, data
         return None
+
+    async def put_serving(self, env_id: str, pointer: ServingPointer) -> None:
+        await self._put(serving_key(env_id), msgspec.json.encode(pointer))
+
+    async def serving(self, env_id: str) -> ServingPointer | None:
+        key = serving_key(env_id)
+        data = await self._get(key)
+        if data is None:
+            return None
+        try:
+            return msgspec.json.decode(data, type=ServingPointer)
+        except msgspec.DecodeError as exc:
+            raise ModelCorrupt(f"unreadable serving pointer {key}: {exc}") from None

@@ -1,45 +1,41 @@
 """What the evaluator's pieces cost on this machine (a measurement, not a test).
 
-1. Alpha-beta per depth: ms per move over the solver-labelled Connect4 positions and
-   over its own games (random 2-ply openings, colours swapped), and, with the labelled
-   positions, its optimal / keeps % per stage.
+1. Alpha-beta per depth: ms per move over the solver-labelled Connect4 positions
+   (`shared.games.labelled`) and over its own games (random 2-ply openings, colours
+   swapped), and its optimal / keeps % per stage.
 2. Rating games: wall and CPU time of `--games` games of each anchor pairing, of a
    model (untrained `--blocks`x`--channels` net, `--sims` simulations) against
    alphabeta-4, and of the model against five anchors at once (`--games` each).
 Last line: a JSON object with every figure.
 
-    .venv/bin/python -m services.evaluator.bench [--positions DIR] [--depths 7] [--games 20]
+    .venv/bin/python bench/evaluator_cost.py [--depths 7] [--games 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from services.evaluator.accuracy import score_moves
-from services.evaluator.alphabeta import AlphaBeta
-from services.evaluator.match import anchor_player, model_player, play_against, play_games
-from shared.config import MCTSConfig
-from shared.games import get_game
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.evaluator.accuracy import score_moves  # noqa: E402
+from services.evaluator.alphabeta import AlphaBeta  # noqa: E402
+from services.evaluator.match import anchor_player, model_player, play_against, play_games  # noqa: E402
+from shared.config import MCTSConfig  # noqa: E402
+from shared.games import get_game  # noqa: E402
+from shared.games.labelled import STAGES, load_labelled  # noqa: E402
 
 C4 = get_game("connect4")
-STAGES = ("early", "mid", "late")
-POSITIONS_DIR = Path(__file__).resolve().parents[3] / "shared" / "c4-positions"  # outside the repo
 
 
-def load_positions(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """`c4_<stage>.txt` solver files as (boards, values) per stage (NaN: full column)."""
-    sets = {}
-    for stage in STAGES:
-        lines = [line.split("\t") for line in (directory / f"c4_{stage}.txt").read_text().splitlines() if line]
-        boards = np.stack([C4.position(f[0])[0] for f in lines])
-        values = np.array([[np.nan if v == "x" else float(v) for v in f[2:9]] for f in lines], np.float32)
-        sets[stage] = boards, values
-    return sets
+def load_positions() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The package's solver-labelled Connect4 positions as (boards, values) per stage."""
+    return {stage: (p.boards, p.values) for stage in STAGES for p in [load_labelled(stage)]}
 
 
 def time_alphabeta(depth: int, boards: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -91,8 +87,6 @@ def untrained_model(blocks: int, channels: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--positions", type=Path, default=POSITIONS_DIR,
-                        help="directory of c4_{early,mid,late}.txt (skipped if missing)")
     parser.add_argument("--depths", type=int, default=7, help="alpha-beta depths 1..N")
     parser.add_argument("--games", type=int, default=20, help="games per pairing (even)")
     parser.add_argument("--sims", type=int, default=200)
@@ -101,18 +95,17 @@ def main() -> None:
     args = parser.parse_args()
     out: dict = {"alphabeta": {}, "games": {}}
 
-    sets = load_positions(args.positions) if args.positions.is_dir() else {}
+    sets = load_positions()
     for depth in range(1, args.depths + 1):
         row: dict = {}
-        if sets:
-            per_move = []
-            for stage, (boards, values) in sets.items():
-                moves, mean_ms, max_ms = time_alphabeta(depth, boards)
-                s = score_moves(values, moves)
-                row[stage] = {"optimal_pct": round(s.optimal_pct, 1), "keeps_pct": round(s.keeps_pct, 1)}
-                per_move.append((mean_ms, max_ms))
-            row["labelled_ms_per_move"] = round(float(np.mean([m for m, _ in per_move])), 2)
-            row["labelled_max_ms"] = round(max(x for _, x in per_move), 1)
+        per_move = []
+        for stage, (boards, values) in sets.items():
+            moves, mean_ms, max_ms = time_alphabeta(depth, boards)
+            s = score_moves(values, moves)
+            row[stage] = {"optimal_pct": round(s.optimal_pct, 1), "keeps_pct": round(s.keeps_pct, 1)}
+            per_move.append((mean_ms, max_ms))
+        row["labelled_ms_per_move"] = round(float(np.mean([m for m, _ in per_move])), 2)
+        row["labelled_max_ms"] = round(max(x for _, x in per_move), 1)
         name = f"alphabeta-{depth}"
         games = time_games(anchor_player(C4, name), anchor_player(C4, name), 10)
         row["selfplay_ms_per_move"] = round(1000 * games["seconds"] / games["plies"], 2)

@@ -1,0 +1,92 @@
+"""`cartridge ratings [--json]`: every model version's rating and accuracy, as the
+evaluator stored them.
+
+    version    step  published            rating        games  search % e/m/l  policy % e/m/l
+          3    3000  2026-11-27 01:02:03  1245 ± 61        40  77/80/88        45/65/66  <- served
+
+Ratings are Elo points above random play, fitted over every stored game (so they sharpen
+as later versions play the earlier ones), ± one standard error; accuracy is the share of
+solver-labelled positions (early / mid / late game) where the move chosen is optimal,
+with search and with the raw policy. `<- served`: the version actors play (a held one
+after a rollback, else the newest). Reads the same config as every command: in a
+`cartridge up` directory it shows that run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from services.evaluator.service import fit, version_name
+from shared.config import Config
+from shared.evaluations import open_evaluations
+from shared.replay import ReplayUnavailable
+from shared.retry import DependencyError
+from shared.service import base_parser, load_command_config
+
+STAGES = ("early", "mid", "late")
+
+
+async def rating_rows(config: Config) -> list[dict]:
+    """One dict per evaluated version, oldest first (`--json`'s list)."""
+    env = config.common.env_id
+    async with open_evaluations(config.storage) as results:
+        evaluations = await results.evaluations(env)
+        games = await results.games(env)
+        servings = await results.servings(env)
+    ratings = fit(games, config.eval.prior_draws)
+    held = servings[-1].version if servings and servings[-1].hold else None
+    newest_ok = max((e.version for e in evaluations if e.status == "ok"), default=None)
+    served = held if held is not None else newest_ok
+    rows = []
+    for e in evaluations:
+        r = ratings.get(version_name(e.version))
+        pct = {which: {s: e.accuracy.get(which, {}).get(s, {}).get("optimal_pct") for s in STAGES}
+               for which in ("search", "policy")}
+        rows.append({"version": e.version, "step": e.step, "status": e.status, "reason": e.reason,
+                     "published_at": e.published_at or None, "evaluated_at": e.evaluated_at,
+                     "rating": round(r.rating, 1) if r else None, "rating_error": round(r.stderr, 1) if r else None,
+                     "games": int(r.games) if r else 0, "optimal_pct": pct["search"],
+                     "policy_optimal_pct": pct["policy"], "cost_cpu_s": e.cost_cpu_s,
+                     "served": e.version == served})
+    return rows
+
+
+def _stages(pct: dict) -> str:
+    return "/".join("-" if pct[s] is None else f"{pct[s]:.0f}" for s in STAGES)
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'version':>7} {'step':>8}  {'published':<19}  {'rating':<12} {'games':>5}  "
+             f"{'search % e/m/l':<15} {'policy % e/m/l':<15}"]
+    for r in rows:
+        published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["published_at"])) if r["published_at"] else "-"
+        if r["status"] != "ok":
+            lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {r['status']}: {r['reason']}")
+            continue
+        rating = f"{r['rating']:.0f} ± {r['rating_error']:.0f}"
+        mark = "  <- served" if r["served"] else ""
+        lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {rating:<12} {r['games']:>5}  "
+                     f"{_stages(r['optimal_pct']):<15} {_stages(r['policy_optimal_pct']):<15}{mark}".rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("cartridge ratings", __doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    args = parser.parse_args(argv)
+    config = load_command_config(parser, args)
+    try:
+        rows = asyncio.run(rating_rows(config))
+    except (ReplayUnavailable, DependencyError) as exc:
+        print(f"cartridge ratings: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no model of {config.common.env_id} evaluated yet")
+    else:
+        print(format_table(rows))
+    return 0

@@ -1,0 +1,20 @@
+"""`cartridge evaluator` / `python -m services.evaluator`: rate every published model."""
+
+import sys
+
+from services.evaluator.service import EvaluatorService
+from shared.service import base_parser, run_service
+
+
+async def serve(config, args, stop) -> None:
+    await EvaluatorService(config).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("cartridge evaluator",
+                         "Measure and rate every published model; roll back a regression.")
+    return run_service(serve, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The evaluator service: every published model gets an accuracy and a rating, stored,
+announced, and guarded against regressions.
+
+Lifecycle: open the bus (its own durable queue on the models exchange, so events sent
+while it is down wait for it), the model store and the results store (the replay's
+database); then, until stopped:
+  catch up -> wait for a model_published event -> catch up -> ...
+Catching up: every stored version with no result yet, newest first; beyond `max_behind`
+waiting the older ones are recorded as skipped. The results store, not the queue, says
+what is done, so a restart evaluates what it missed, once. Per version:
+  download (sha256 checked) -> accuracy (worker thread) -> rating games (worker thread)
+  -> store the row and its games (one transaction) -> publish model_evaluated
+  -> the regression guard (`rollback.decide`): pointer, serving row, reload event.
+A corrupt, foreign or missing model is recorded as failed with the reason; the service
+goes on. A dependency away (store, database, broker) is waited for with backoff. On stop,
+a version being evaluated is dropped (the next start evaluates it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from services.evaluator.match import anchor_player, model_player, play_against
+from services.evaluator.measure import measure
+from services.evaluator.ratings import Rating, fit_ratings, rank_opponents, tally
+from services.evaluator.rollback import decide
+from shared.bus import BusUnavailable, EventPublisher, EventSubscriber, open_bus
+from shared.config import Config, EvalConfig
+from shared.evaluations import Evaluation, Evaluations, RatingGame, open_evaluations
+from shared.games import get_game
+from shared.inference import ModelError, OnnxEvaluator
+from shared.messages import (
+    MessageError, ModelEvaluated, ModelPublished, ReloadRequest, UnknownEventType, decode_event, encode_event,
+)
+from shared.model_store import (
+    ModelCorrupt, ModelNotFound, ModelStore, ServingPointer, StoreUnavailable, open_model_store,
+)
+from shared.replay import ReplayUnavailable
+from shared.retry import Stopped, pause
+from shared.status import EvaluatorStatus, Lifecycle, instance_name
+
+log = logging.getLogger(__name__)
+
+ANCHOR = "random"  # rated 0: every rating reads "Elo above random play"
+OPPONENTS = 2  # a version's games are split over its most informative opponents
+FIRST_GUESS = Rating(rating=0.0, stderr=1000.0, games=0)  # a first version's rating, before any game
+GUESS_ERROR = 300.0  # a later version's guess: the previous one's rating, this uncertain
+AWAY_PAUSE_S = 5.0  # a dependency is away: look again after this long
+UNUSABLE = (ModelNotFound, ModelCorrupt, ModelError)
+
+
+class EvaluatorBus(EventPublisher, EventSubscriber, Protocol):
+    """What the evaluator uses of a bus."""
+
+
+def version_name(version: int) -> str:
+    return f"v{version}"
+
+
+def version_of_name(name: str) -> int | None:
+    return int(name[1:]) if name.startswith("v") and name[1:].isdecimal() else None
+
+
+def fit(games: list[RatingGame], prior_draws: float) -> dict[str, Rating]:
+    """Ratings of every player from every stored game; `random` at 0."""
+    if not games:
+        return {}
+    return fit_ratings(tally((g.player_a, g.player_b, g.score_a) for g in games), ANCHOR, prior_draws)
+
+
+def play_ladder(game, cfg: EvalConfig) -> list[RatingGame]:
+    """The anchors against their neighbours in `anchors` order, `games / 2` games each:
+    what ties the anchors' ratings to `random`. Played once and kept."""
+    anchors, games = cfg.anchors, []
+    for weaker, stronger in zip(anchors, anchors[1:]):
+        (records,) = play_against(game, anchor_player(game, stronger, seed=1), [anchor_player(game, weaker, seed=2)],
+                                  max(1, cfg.games // 4), opening_plies=cfg.opening_plies, seed=0)
+        games += [RatingGame(version=0, player_a=stronger, player_b=weaker, score_a=r.score_a, moves=r.moves,
+                             a_first=r.a_first) for r in records]
+    log.info("anchor ladder played: %d games between %s", len(games), ", ".join(anchors))
+    return games
+
+
+class EvaluatorService:
+    def __init__(self, config: Config, *, bus: EvaluatorBus | None = None, store: ModelStore | None = None,
+                 results: Evaluations | None = None):
+        """`bus`, `store` and `results` default to what `config` names."""
+        self.config = config
+        self.game = get_game(config.common.env_id)
+        self.name = instance_name()
+        self.bus = bus or open_bus(config.broker, name="evaluator")
+        self.store = store or open_model_store(config.storage)
+        self.results = results or open_evaluations(config.storage)
+        self._lifecycle = Lifecycle()
+        self._wake = asyncio.Event()
+        self.evaluated = self.failed = self.skipped = self.rollbacks = 0
+        self.last: ModelEvaluated | None = None
+        self.serving: ServingPointer | None = None
+        self.cpu_seconds = 0.0
+
+    def status(self) -> EvaluatorStatus:
+        last = self.last
+        return EvaluatorStatus(
+            name=self.name, state=self._lifecycle.state, evaluated=self.evaluated, failed=self.failed,
+            skipped=self.skipped, version=last.version if last else 0, rating=last.rating if last else None,
+            rating_error=last.rating_error if last else None, optimal_pct=last.optimal_pct if last else {},
+            policy_optimal_pct=last.policy_optimal_pct if last else {},
+            serving=self.serving.version if self.serving and self.serving.hold else None,
+            rollbacks=self.rollbacks, cpu_seconds=round(self.cpu_seconds, 1),
+        )
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        async with self._lifecycle, self.bus, self.store, self.results:
+            events = await self.bus.subscribe_events(durable_queue=self.config.broker.evaluator_queue)
+            self.serving = await self.store.serving(self.game.env_id)
+            self._lifecycle.started(stop)
+            log.info("evaluator for %s started (durable queue %s)", self.game.env_id,
+                     self.config.broker.evaluator_queue)
+            async with asyncio.TaskGroup() as tasks:
+                listen = tasks.create_task(self._listen(events))
+                try:
+                    await self._work(stop)
+                finally:
+                    listen.cancel()
+
+    async def _listen(self, events) -> None:
+        async for body in events:
+            try:
+                event = decode_event(body)
+            except UnknownEventType as exc:
+                log.warning("ignored control event: %s (not for the evaluator)", exc)
+                continue
+            except MessageError as exc:
+                log.error("ignored control event: %s", exc)
+                continue
+            if isinstance(event, ModelPublished) and event.env_id == self.game.env_id:
+                self._wake.set()
+            else:
+                log.debug("ignored %s event (not for the evaluator)", type(event).__name__)
+
+    async def _work(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                await self._catch_up(stop)
+            except (StoreUnavailable, ReplayUnavailable, BusUnavailable) as exc:
+                log.warning("evaluation paused: %s; trying again in %.0f s", exc, AWAY_PAUSE_S)
+                self._wake.set()
+                try:
+                    await pause(AWAY_PAUSE_S, stop)
+                except Stopped:
+                    return
+                continue
+            if not stop.is_set():
+                await _first_of(self._wake, stop)
+
+    async def waiting(self) -> list[int]:
+        """Stored versions without a result, newest first."""
+        env = self.game.env_id
+        done = {e.version for e in await self.results.evaluations(env)}
+        return sorted((v for v in await self.store.list_versions(env) if v not in done), reverse=True)
+
+    async def _catch_up(self, stop: asyncio.Event) -> None:
+        env, limit = self.game.env_id, self.config.eval.max_behind
+        while not stop.is_set() and (waiting := await self.waiting()):
+            for version in waiting[limit:]:
+                reason = f"{len(waiting)} versions waiting, more than max_behind ({limit}); newer ones first"
+                await self.results.record(env, Evaluation(env_id=env, version=version, status="skipped",
+                                                          reason=reason))
+                self.skipped += 1
+                log.info("model %d skipped: %s", version, reason)
+            await self.evaluate(waiting[0], stop)
+
+    async def evaluate(self, version: int, stop: asyncio.Event) -> None:
+        """Evaluate one version and act on the result (see the module docstring)."""
+        env, cfg = self.game.env_id, self.config
+        cpu = time.process_time()
+        try:
+            info, evaluator = await self._load(version)
+        except UNUSABLE as exc:
+            await self.results.record(env, Evaluation(env_id=env, version=version, status="failed", reason=str(exc)))
+            self.failed += 1
+            log.error("model %d recorded as failed: %s", version, exc)
+            return
+        accuracy = await asyncio.to_thread(measure, self.game, evaluator, cfg.eval, cfg.mcts)
+        if stop.is_set():
+            return
+        games = await self._rating_games(version, evaluator)
+        if stop.is_set():
+            return
+        cost = time.process_time() - cpu
+        self.cpu_seconds += cost
+        await self.results.record(env, Evaluation(
+            env_id=env, version=version, step=info.step, status="ok", accuracy=accuracy.as_dict(),
+            sims=cfg.eval.simulations, positions=cfg.eval.positions, cost_cpu_s=round(cost, 2),
+            published_at=info.created_at), games)
+        self.evaluated += 1
+        ratings = fit(await self.results.games(env), cfg.eval.prior_draws)
+        mine = ratings[version_name(version)]
+        self.last = event = ModelEvaluated(
+            env_id=env, version=version, step=info.step, rating=round(mine.rating, 1),
+            rating_error=round(mine.stderr, 1), games=int(mine.games), optimal_pct=accuracy.optimal_pct("search"),
+            policy_optimal_pct=accuracy.optimal_pct("policy"))
+        await self.bus.publish_event(encode_event(event))
+        log.info("model %d: rating %.0f +- %.0f (%d games), optimal %% search %s, policy %s; %.1f CPU-s",
+                 version, mine.rating, mine.stderr, mine.games, event.optimal_pct, event.policy_optimal_pct, cost)
+        if cfg.eval.rollback:
+            await self._guard(version, ratings)
+
+    async def _load(self, version: int):
+        info, data = await self.store.get_model(self.game.env_id, version,
+                                                max_bytes=self.config.storage.max_model_bytes)
+        evaluator = await asyncio.to_thread(OnnxEvaluator.from_bytes, data, self.game, version=version,
+                                            threads=self.config.eval.onnx_threads)
+        return info, evaluator
+
+    async def _rating_games(self, version: int, evaluator) -> list[RatingGame]:
+        """Play this version's games against its most informative opponents (anchors and
+        earlier versions); the anchors' ladder first if it was never played."""
+        env, cfg = self.game.env_id, self.config.eval
+        stored = await self.results.games(env)
+        if not any(g.version == 0 for g in stored):
+            ladder = await asyncio.to_thread(play_ladder, self.game, cfg)
+            await self.results.record(env, None, ladder)
+            stored += ladder
+        ratings = fit(stored, cfg.prior_draws)
+        earlier = [v for n in ratings if (v := version_of_name(n)) is not None and v < version]
+        guess = (Rating(ratings[version_name(max(earlier))].rating, GUESS_ERROR, 0) if earlier else FIRST_GUESS)
+        candidates = {n: r for n, r in ratings.items() if n != version_name(version)}
+        opponents: list[tuple[str, object]] = []
+        for name, _ in rank_opponents(guess.rating, guess.stderr, candidates):
+            player = await self._opponent(name, version)
+            if player is not None:
+                opponents.append((name, player))
+            if len(opponents) == OPPONENTS:
+                break
+        mcts = self.config.mcts
+        me = model_player(self.game, evaluator, cfg.game_simulations, mcts)
+        openings = max(1, cfg.games // (2 * len(opponents)))
+        results = await asyncio.to_thread(play_against, self.game, me, [p for _, p in opponents], openings,
+                                          opening_plies=cfg.opening_plies, seed=version)
+        return [RatingGame(version=version, player_a=version_name(version), player_b=name, score_a=r.score_a,
+                           moves=r.moves, a_first=r.a_first)
+                for (name, _), records in zip(opponents, results) for r in records]
+
+    async def _opponent(self, name: str, version: int):
+        """The player `name` stands for; None for a version whose model cannot be used."""
+        other = version_of_name(name)
+        if other is None:
+            return anchor_player(self.game, name, seed=version)
+        try:
+            _, evaluator = await self._load(other)
+        except UNUSABLE as exc:
+            log.warning("model %d cannot be an opponent: %s", other, exc)
+            return None
+        return model_player(self.game, evaluator, self.config.eval.game_simulations, self.config.mcts)
+
+    async def _guard(self, version: int, ratings: dict[str, Rating]) -> None:
+        """The regression guard, decided by the newest stored version only."""
+        env = self.game.env_id
+        if version != max(await self.store.list_versions(env), default=0):
+            return
+        versions = {v: r for n, r in ratings.items() if (v := version_of_name(n)) is not None}
+        self.serving = await self.store.serving(env)
+        decision = decide(versions, version, self.serving, self.config.eval.rollback_min_games)
+        if decision is None:
+            return
+        pointer = ServingPointer(version=decision.version, hold=decision.hold, reason=decision.reason)
+        await self.store.put_serving(env, pointer)
+        await self.results.record_serving(env, pointer)
+        await self.bus.publish_event(encode_event(
+            ReloadRequest(env_id=env, version=decision.version, hold=decision.hold)))
+        self.serving = pointer
+        if decision.hold:
+            self.rollbacks += 1
+            log.warning("rollback: %s", decision.reason)
+        else:
+            log.info("serving the newest again: %s", decision.reason)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return once any of `events` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -1,0 +1,34 @@
+"""The evaluator's results store on both back ends (real PostgreSQL, a real SQLite file)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.evaluations import Evaluation, RatingGame, open_evaluations
+from shared.model_store import ServingPointer
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def storage(request, make_config):
+    return make_config(storage={"replay_backend": request.param}).storage
+
+
+async def test_rows_round_trip_and_a_version_is_stored_once(storage):
+    accuracy = {"policy": {"early": {"optimal_pct": 50.0, "optimal_se": 5.0}}}
+    games = [RatingGame(version=1, player_a="v1", player_b="random", score_a=1.0, moves="5 3", a_first=True),
+             RatingGame(version=1, player_a="v1", player_b="random", score_a=0.5, moves="3 5", a_first=False)]
+    async with open_evaluations(storage) as store:
+        await store.record("tictactoe", Evaluation(env_id="tictactoe", version=1, status="failed", reason="x"))
+        await store.record("tictactoe", Evaluation(env_id="tictactoe", version=1, step=7, status="ok",
+                                                   accuracy=accuracy, cost_cpu_s=1.5), games)
+        await store.record("tictactoe", None, games[:1])
+        await store.record_serving("tictactoe", ServingPointer(version=1, hold=True, reason="why"))
+    async with open_evaluations(storage) as store:  # tables exist: opening again is fine
+        (row,) = await store.evaluations("tictactoe")
+        assert (row.version, row.step, row.status, row.accuracy, row.cost_cpu_s) == (1, 7, "ok", accuracy, 1.5)
+        stored = await store.games("tictactoe")
+        assert [(g.score_a, g.moves, g.a_first) for g in stored] == [(1.0, "5 3", True), (0.5, "3 5", False),
+                                                                        (1.0, "5 3", True)]
+        (serving,) = await store.servings("tictactoe")
+        assert (serving.version, serving.hold, serving.reason) == (1, True, "why")
+        assert await store.evaluations("connect4") == []
