@@ -91,11 +91,16 @@ async def main() -> None:
     seen = asyncio.Condition()
 
     playing = 0
+    refused: set[int] = set()  # actors the full queue has refused
 
-    async def watch(proc) -> None:
+    async def watch(index: int, proc) -> None:
         nonlocal playing
         async for line in proc.stderr:
             text = line.decode(errors="replace")
+            if "lost room in the transitions backlog" in text:
+                async with seen:
+                    refused.add(index)
+                    seen.notify_all()
             if " playing " in text:
                 async with seen:
                     playing += 1
@@ -115,23 +120,21 @@ async def main() -> None:
                 stdout=asyncio.subprocess.DEVNULL)
             for i in range(args.actors)
         ]
-        watchers = [asyncio.create_task(watch(p)) for p in procs]
+        watchers = [asyncio.create_task(watch(i, p)) for i, p in enumerate(procs)]
         try:
             # Measure running actors: wait until each has subscribed and plays, then
             # let start-up work (imports, first search steps) settle.
             started = time.perf_counter()
             async with seen:
-                await asyncio.wait_for(seen.wait_for(lambda: playing == args.actors), 120)
+                await asyncio.wait_for(seen.wait_for(lambda: playing == args.actors), 300)
             print(f"{args.actors} actors playing after {time.perf_counter() - started:.1f} s", flush=True)
             # The first event goes out into a flood: actors publishing uniform-search games
-            # as fast as they play them, nobody consuming (as when ingest falls behind), until
-            # the queue is at its bound and refuses more (the count stops growing).
-            counts = [-1]
-            while counts[-1] <= 0 or len(counts) < 5 or len(set(counts[-5:])) > 1:
-                await asyncio.sleep(1)
-                counts.append(await bus.pending_transitions())
-            print(f"transitions queue full: {counts[-1]} messages after {time.perf_counter() - started:.1f} s",
-                  flush=True)
+            # as fast as they play them, nobody consuming (as when ingest falls behind),
+            # until the queue is at its bound and has refused every actor.
+            async with seen:
+                await asyncio.wait_for(seen.wait_for(lambda: len(refused) == args.actors), 600)
+            print(f"transitions queue full: {await bus.pending_transitions()} messages, every actor refused, "
+                  f"after {time.perf_counter() - started:.1f} s", flush=True)
             for version in range(1, args.versions + 1):
                 info = await store.put_model(game.env_id, version, models[version % len(models)], step=version)
                 backlog = await bus.pending_transitions()

@@ -37,6 +37,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 # per outage ("lost ..." / "... back after N s", see `shared.retry.Link`). Their lines
 # are kept, as DEBUG lines: shown only with `common.log_level = "DEBUG"`.
 DEMOTED = ("aio_pika", "aiormq", "asyncpg")
+# Except a broker resource alarm (disk or memory): it blocks every publisher, model events
+# included, until it clears, and only aiormq hears of it; one line each way, kept.
+KEPT = {"Connection %r was blocked by: %r", "Connection %r was unblocked"}
 
 
 class Demote(logging.Filter):
@@ -48,7 +51,7 @@ class Demote(logging.Filter):
         self.show = show
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.partition(".")[0] not in DEMOTED:
+        if record.name.partition(".")[0] not in DEMOTED or record.msg in KEPT:
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return self.show

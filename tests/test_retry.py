@@ -130,3 +130,12 @@ def test_connection_libraries_lines_are_debug_detail(show):
     ours = logging.LogRecord("shared.bus.rabbitmq", logging.WARNING, __file__, 1, "lost", None, None)
     assert demote.filter(library) is show and (library.levelno, library.levelname) == (logging.DEBUG, "DEBUG")
     assert demote.filter(ours) and ours.levelno == logging.WARNING
+
+
+def test_a_broker_resource_alarm_stays_a_warning():
+    # Only aiormq hears of it, and it holds every publish (model events too) until it clears.
+    demote = Demote(show=False)
+    for msg, args in (("Connection %r was blocked by: %r", ("conn", "low on disk")),
+                      ("Connection %r was unblocked", ("conn",))):
+        record = logging.LogRecord("aiormq.connection", logging.WARNING, __file__, 1, msg, args, None)
+        assert demote.filter(record) and record.levelno == logging.WARNING
