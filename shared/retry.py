@@ -10,7 +10,8 @@ and what it does between tries; the waiting is the same everywhere:
   it succeeds or the service is asked to stop, and a stop ends the wait at once.
 Each failed try is logged at DEBUG only. What a person reads is one line when a
 dependency is lost and one when it is back, from the back end that talks to it (a
-`Link`), however many calls fail in between; at start-up, one line when the wait begins.
+`Link`), however many calls fail in between; at start-up, one line per attempt (a
+service that cannot start says why, and how long it will keep trying).
 """
 
 from __future__ import annotations
@@ -105,20 +106,21 @@ async def reach(what: str, attempt: Callable[[], Awaitable[T]], *, attempts: int
     """`await attempt()` until it succeeds, at most `attempts` times (start-up); then
     `Unreachable`. `what` names the dependency in logs and must not hold a password
     (see `mask_url`)."""
-    started = time.monotonic()
+    started, waited = time.monotonic(), False
 
     def waiting(exc: BaseException, failures: int) -> None:
-        if failures == 1:
-            log.warning("%s unreachable (%s); retrying in %.1f s, %d attempts at most",
-                        what, exc, STARTUP.delay(1), attempts)
+        nonlocal waited
+        waited = True
+        log.warning("%s unreachable (%s); attempt %d of %d, retrying in %.1f s",
+                    what, exc, failures, attempts, STARTUP.delay(failures))
 
     try:
         result = await retry(attempt, what=f"reaching {what}", errors=errors, backoff=STARTUP,
                              attempts=attempts, on_failure=waiting)
     except errors as exc:
         raise Unreachable(f"{what} unreachable after {attempts} attempts: {exc}") from None
-    if (waited := time.monotonic() - started) >= STARTUP.first:
-        log.info("%s reached after %.0f s", what, waited)
+    if waited:
+        log.info("%s reached after %.0f s", what, time.monotonic() - started)
     return result
 
 

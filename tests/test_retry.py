@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pytest
 
@@ -62,12 +63,17 @@ async def test_a_stop_ends_the_wait_at_once():
     assert call.calls == 1
 
 
-async def test_reach_says_once_that_it_waits_then_gives_up_naming_the_dependency(caplog):
+async def test_reach_logs_each_wait_then_gives_up_naming_the_dependency(caplog):
     caplog.set_level(logging.DEBUG)
     with pytest.raises(Unreachable, match="the thing unreachable after 3 attempts: away"):
         await reach("the thing", Flaky(10), attempts=3, errors=(ConnectionError,))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "the thing unreachable (away); retrying" in warnings[0]
+    assert warnings == ["the thing unreachable (away); attempt 1 of 3, retrying in 0.5 s",
+                        "the thing unreachable (away); attempt 2 of 3, retrying in 1.0 s"]
+    caplog.clear()
+    assert await reach("the thing", Flaky(1), attempts=3, errors=(ConnectionError,)) == "done"
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1 and re.fullmatch(r"the thing reached after \d+ s", infos[0])
 
 
 def lines(caplog) -> list[tuple[int, str]]:
