@@ -8,14 +8,14 @@ leave one without the other. `UNIQUE (game_id, ply)` backs this up: should the s
 arrive under another batch id, that flush falls back to COPY into a staging table and
 `INSERT ... SELECT ... ON CONFLICT (game_id, ply) DO NOTHING`, so it still commits.
 
-Why the ledger first and staging only as the fallback (bench/ingest.py, 211k Connect4
-rows, 10k-row flushes, records built inside, 2-core machine): ledger + COPY 208k rows/s,
-staging COPY + INSERT ON CONFLICT 148k rows/s (every row is written twice and probed
-against the unique index once more); plain COPY of prebuilt records 297k rows/s.
+Why the ledger first and staging only as the fallback: `bench/ingest.py` measures both
+write paths in one run (10k-row flushes); the ledger + COPY path was 1.4x to 2.5x as fast
+over the runs in the README's Benchmarks section, since staging writes every row twice and
+probes the unique index once more.
 
 No index on env_id: one pipeline (one game) writes a table, so the queries by id are
-served by the primary key, and an (env_id, id) index cost a quarter of the COPY rate
-(290k vs 385k rows/s); only `count` scans the table.
+served by the primary key, and an (env_id, id) index cost about a quarter of the COPY
+rate when measured; only `count` scans the table.
 """
 
 from __future__ import annotations
