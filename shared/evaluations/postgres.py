@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 
 from shared.config import StorageConfig, mask_url
@@ -13,7 +15,9 @@ from shared.games import get_game
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
 from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay
-from shared.retry import reach, translated
+from shared.retry import Link, reach
+
+log = logging.getLogger(__name__)
 
 
 def dollar(i: int) -> str:
@@ -24,6 +28,7 @@ class PostgresEvaluations:
     def __init__(self, storage: StorageConfig):
         self.storage = storage
         self.url = storage.postgres_url
+        self.link = Link(f"PostgreSQL at {mask_url(self.url)}", log)  # one lost/back line per outage
         self.pool: asyncpg.Pool | None = None
 
     async def __aenter__(self) -> "PostgresEvaluations":
@@ -48,7 +53,7 @@ class PostgresEvaluations:
             self.pool = None
 
     def _translated(self):
-        return translated(UNAVAILABLE, ReplayUnavailable, f"PostgreSQL at {mask_url(self.url)}")
+        return self.link.watch(UNAVAILABLE, ReplayUnavailable)
 
     async def record(self, env_id: str, evaluation: Evaluation | None = None,
                      games: list[RatingGame] = ()) -> None:

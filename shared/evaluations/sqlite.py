@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from shared.evaluations import (
 )
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
-from shared.retry import translated
+from shared.retry import Link
+
+log = logging.getLogger(__name__)
 
 
 def question(i: int) -> str:
@@ -23,6 +26,7 @@ def question(i: int) -> str:
 class SqliteEvaluations:
     def __init__(self, storage: StorageConfig):
         self.path = Path(storage.sqlite_path)
+        self.link = Link(f"SQLite file {self.path}", log)  # one lost/back line per outage
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -40,7 +44,7 @@ class SqliteEvaluations:
 
     async def _run(self, fn, *args):
         async with self._lock:
-            with translated((sqlite3.OperationalError,), ReplayUnavailable, f"SQLite file {self.path}"):
+            with self.link.watch((sqlite3.OperationalError,), ReplayUnavailable):
                 return await asyncio.to_thread(fn, *args)
 
     async def record(self, env_id: str, evaluation: Evaluation | None = None,
