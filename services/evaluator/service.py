@@ -33,7 +33,7 @@ from shared.evaluations import Evaluation, Evaluations, RatingGame, open_evaluat
 from shared.games import get_game
 from shared.inference import ModelError, OnnxEvaluator
 from shared.messages import (
-    MessageError, ModelEvaluated, ModelPublished, ReloadRequest, UnknownEventType, decode_event, encode_event,
+    MessageError, ModelEvaluated, ModelPublished, ReloadRequest, encode_event, read_event,
 )
 from shared.model_store import (
     ModelCorrupt, ModelNotFound, ModelStore, ServingPointer, StoreUnavailable, open_model_store,
@@ -130,12 +130,11 @@ class EvaluatorService:
     async def _listen(self, events) -> None:
         async for body in events:
             try:
-                event = decode_event(body)
-            except UnknownEventType as exc:
-                log.warning("ignored control event: %s (not for the evaluator)", exc)
-                continue
+                event = read_event(body, "the evaluator", log)
             except MessageError as exc:
                 log.error("ignored control event: %s", exc)
+                continue
+            if event is None:
                 continue
             if isinstance(event, ModelPublished) and event.env_id == self.game.env_id:
                 self._wake.set()
