@@ -321,6 +321,8 @@ def load_config(
     built = {}
     for section, values in raw.items():
         typ = sections[section]
+        for key, value in strings.get(section, {}).items():
+            values[key] = _from_text(typ, key, value)
         try:
             # strict=False lets "200" from the environment become 200, "true" become True.
             built[section] = msgspec.convert(values, typ, strict=not strings.get(section))
@@ -332,6 +334,15 @@ def load_config(
     if config.common.env_id not in GAMES:
         raise ConfigError(f"[common] env_id: unknown game {config.common.env_id!r}; expected one of {sorted(GAMES)}")
     return config
+
+
+def _from_text(section: type, key: str, value: Any) -> Any:
+    """A list-valued key given as text (an environment variable, `--set`) is
+    comma-separated: `CARTRIDGE_EVAL_ANCHORS=random,one-ply,alphabeta-4`."""
+    field = next(f for f in msgspec.structs.fields(section) if f.name == key)
+    if isinstance(value, str) and typing.get_origin(field.type) is tuple:
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
 def _describe(exc: msgspec.ValidationError, section: type) -> str:

@@ -141,3 +141,12 @@ def test_an_unreachable_dependency_is_retried_then_a_clear_exit(service, depende
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cartridge {service}:") and str(port) in last, last
+
+
+def test_list_keys_from_text_are_comma_separated():
+    cfg = load_config(environ={"CARTRIDGE_EVAL_ANCHORS": "random, one-ply,alphabeta-3"})
+    assert cfg.eval.anchors == ("random", "one-ply", "alphabeta-3")
+    cfg = load_config(environ={}, overrides=parse_overrides(["eval.anchors=random,alphabeta-5"]))
+    assert cfg.eval.anchors == ("random", "alphabeta-5")
+    with pytest.raises(ConfigError, match="anchors"):
+        load_config(environ={"CARTRIDGE_EVAL_ANCHORS": "one-ply,alphabeta-3"})  # no random
