@@ -67,6 +67,8 @@ def test_bad_file_values_name_the_key(tmp_path, text, words):
     ({"CARTRIDGE_MCTS_NUM_SIMULATONS": "5"}, ["CARTRIDGE_MCTS_NUM_SIMULATONS", "num_simulatons"]),
     ({"CARTRIDGE_MCTS_NUM_SIMULATIONS": "lots"}, ["num_simulations", "int"]),
     ({"CARTRIDGE_ACTOR_PARALLEL_GAMES": "0"}, ["parallel_games"]),
+    ({"CARTRIDGE_STORAGE_S3_BUCKET": "dl"}, ["s3_bucket"]),
+    ({"CARTRIDGE_STORAGE_S3_BUCKET": "Models_2"}, ["s3_bucket"]),
 ])
 def test_bad_env_values_name_the_key(env, words):
     with pytest.raises(ConfigError) as err:
