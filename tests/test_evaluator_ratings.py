@@ -151,3 +151,16 @@ def test_a_version_that_swept_the_weak_anchors_next_meets_strong_ones():
     # A version is compared with earlier versions only, never with later ones.
     later = swept + _games("v2", "v1", 10, 5)
     assert "v2" not in choose_opponents(fit(later, 1.0), 1) and "v1" in choose_opponents(fit(later, 1.0), 2)
+
+
+def test_a_gap_between_two_players_is_known_better_than_either_rating():
+    """Two strong players share the uncertain ladder below them: the error of their
+    difference comes from their own games only."""
+    from services.evaluator.service import fit
+    games = LADDER + _games("v1", "alphabeta-2", 20, 10) + _games("v2", "v1", 40, 26)
+    ratings = fit(games, 1.0)
+    gain = ratings.gap("v2", "v1")
+    assert gain.rating == pytest.approx(ratings["v2"].rating - ratings["v1"].rating)
+    assert gain.stderr < 0.5 * min(ratings["v1"].stderr, ratings["v2"].stderr)
+    assert 50 < gain.rating < 200 and gain.stderr > 0  # 26/40 is about +108 Elo
+    assert ratings.gap("v1", "v1").stderr == 0

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from services.evaluator.match import anchor_player, model_player, play_against
 from services.evaluator.measure import measure
-from services.evaluator.ratings import Rating, fit_ratings, rank_opponents, tally
+from services.evaluator.ratings import Rating, Ratings, fit_ratings, rank_opponents, tally
 from services.evaluator.rollback import decide
 from shared.bus import BusUnavailable, EventPublisher, EventSubscriber, open_bus
 from shared.config import Config, EvalConfig
@@ -65,10 +65,10 @@ def version_of_name(name: str) -> int | None:
     return int(name[1:]) if name.startswith("v") and name[1:].isdecimal() else None
 
 
-def fit(games: list[RatingGame], prior_draws: float) -> dict[str, Rating]:
+def fit(games: list[RatingGame], prior_draws: float) -> Ratings:
     """Ratings of every player from every stored game; `random` at 0."""
     if not games:
-        return {}
+        return Ratings({}, {})
     return fit_ratings(tally((g.player_a, g.player_b, g.score_a) for g in games), ANCHOR, prior_draws)
 
 
