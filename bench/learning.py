@@ -12,7 +12,8 @@ directory as it comes, so a run cut short still leaves its figures. Afterwards:
   searches a subset), with search (`eval.simulations`, no noise) and with the raw policy.
 Last line: one JSON object with `optimal_pct` and `policy_optimal_pct` (each
 `{"early", "mid", "late"}`, all positions), `rating` and `rating_error` (the newest
-model's, Elo above random), `positions`, `steps`, `versions`, `minutes`, `model` (the
+model's, Elo above random), `rating_gain` (newest minus first rated version, with the error
+of the difference), `positions`, `steps`, `versions`, `minutes`, `model` (the
 newest ONNX file: score it on a position set of your own with `cartridge analyze`) and
 `run_dir`.
 
@@ -40,8 +41,9 @@ from cartridge.arena import load_model  # noqa: E402
 from cartridge.ratings import format_table, rating_rows  # noqa: E402
 from cartridge.up import EMBEDDED  # noqa: E402
 from services.evaluator.measure import measure  # noqa: E402
-from services.evaluator.service import EvaluatorService  # noqa: E402
+from services.evaluator.service import EvaluatorService, fit, version_name  # noqa: E402
 from shared.bus import MemoryBus  # noqa: E402
+from shared.evaluations import open_evaluations  # noqa: E402
 from shared.config import Config, load_config, parse_overrides  # noqa: E402
 from shared.games import get_game  # noqa: E402
 from shared.model_store import open_model_store  # noqa: E402
@@ -71,6 +73,19 @@ def follow(proc: subprocess.Popen, log_path: Path, curve_path: Path, started: fl
             out.flush()
             print(json.dumps(row), flush=True)
     return curve
+
+
+async def gain_over_run(config: Config) -> dict | None:
+    """The newest rated version's rating minus the first's, with the error of the
+    difference (the two share the anchors' uncertainty, so it is much smaller)."""
+    env = config.common.env_id
+    async with open_evaluations(config.storage) as results:
+        rated = [e.version for e in await results.evaluations(env) if e.status == "ok"]
+        ratings = fit(await results.games(env), config.eval.prior_draws)
+    if len(rated) < 2:
+        return None
+    gap = ratings.gap(version_name(max(rated)), version_name(min(rated)))
+    return {"from": min(rated), "to": max(rated), "elo": round(gap.rating, 1), "error": round(gap.stderr, 1)}
 
 
 async def rate_newest(config: Config) -> int:
@@ -140,7 +155,8 @@ def main() -> None:
     print(json.dumps({
         "minutes": args.minutes, "optimal_pct": accuracy.optimal_pct("search"),
         "policy_optimal_pct": accuracy.optimal_pct("policy"), "rating": last.get("rating"),
-        "rating_error": last.get("rating_error"), "positions": end["positions"], "steps": end["steps"],
+        "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config)),
+        "positions": end["positions"], "steps": end["steps"],
         "versions": newest, "model": str(model) if model else None, "run_dir": str(run_dir),
     }))
 
