@@ -1,7 +1,7 @@
 """Write deploy/grafana/dashboards/cartridge.json, the Cartridge dashboard Grafana
 provisions (`python scripts/dashboard.py`). The panels are listed here, readable; the
-JSON is what Grafana wants. tests/test_dashboard.py checks the file matches this script
-and runs every query against a real Prometheus scraping a live run.
+JSON is what Grafana wants. tests/test_dashboard.py checks the file matches this script;
+tests/test_compose.py runs every query against a real Prometheus scraping a live run.
 
 Queries aggregate without job or instance labels, so the same dashboard reads the
 compose stack (one target per service) and `cartridge up` (one target for all).

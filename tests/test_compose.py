@@ -3,6 +3,7 @@ app services' commands run as local processes against the real local services.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -149,6 +150,16 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+async def publish_garbage(broker_names: dict[str, str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(broker_names["url"])
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"not a transition batch", message_id="garbage"),
+                                               routing_key=broker_names["transitions_queue"])
+
+
 def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, tmp_path):
     """ingest, trainer, three actors and the evaluator, started exactly as compose.yaml
     writes them, until a model is published, every actor serves it and it is rated;
@@ -217,6 +228,14 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         assert "published model 1" in logs["trainer"].read_text()
         ids = {re.search(r"actor (\S+) playing", logs[a].read_text())[1] for a in actors}
         assert len(ids) == 3  # three distinct actor ids from hostname-pid
+
+        # One unusable message: dead-lettered, counted by reason, seen in the dead-letter queue.
+        asyncio.run(publish_garbage(broker_names))
+        ingest_metrics = f"http://127.0.0.1:{ports['ingest']}/metrics"
+        deadline = time.monotonic() + 30
+        while 'cartridge_ingest_dead_lettered_messages_total{reason="undecodable"} 1.0' not in get(ingest_metrics)[1]:
+            assert time.monotonic() < deadline, get(ingest_metrics)[1]
+            time.sleep(0.5)
 
         for name in procs:
             healthcheck = SERVICES[name.partition("-")[0]]["healthcheck"]["test"]
