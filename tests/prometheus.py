@@ -61,13 +61,15 @@ def running_prometheus(config: dict, tmp_path: Path) -> Iterator[str]:
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts it slowly
         while True:
             try:
                 urllib.request.urlopen(f"{url}/-/ready", timeout=1)
                 break
             except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+                log.flush()
+                why = f"prometheus not ready: {(tmp_path / 'prometheus.log').read_text()[-3000:]}"
+                assert proc.poll() is None and time.monotonic() < deadline, why
                 time.sleep(0.2)
         yield url
     finally:
