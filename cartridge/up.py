@@ -26,6 +26,7 @@ import time
 
 import msgspec
 
+from cartridge.up_metrics import DEFAULT_PORT, TreeMetrics
 from services.actor.service import ActorService
 from services.evaluator.service import EvaluatorService
 from services.ingest.service import IngestService
@@ -39,13 +40,14 @@ from shared.service import base_parser, run_configured, run_service
 log = logging.getLogger("cartridge.up")
 
 CONFIG_ENV = "CARTRIDGE_UP_WORKER_CONFIG"
-EMBEDDED = {"storage": {"replay_backend": "sqlite", "model_store": "local"}}
+EMBEDDED = {"storage": {"replay_backend": "sqlite", "model_store": "local"}, "metrics": {"port": DEFAULT_PORT}}
 PROGRESS_EVERY_S = 10.0
 WORKER_EXIT_S = 60.0
 EVALUATOR_EXIT_S = 10.0  # then it is killed: a half-done evaluation is simply done again next time
 
 
 async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> None:
+    metrics = TreeMetrics.start(config)  # first: the workers inherit where to record
     bus = MemoryBus()
     ingest = IngestService(config, bus=bus)
     trainer = TrainerService(config, bus=bus)
@@ -55,7 +57,7 @@ async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> N
     log.info("cartridge up: %d actor processes%s, replay %s, models in %s (Ctrl-C stops cleanly)",
              len(workers), " and the evaluator" if evaluator else "", config.storage.sqlite_path,
              config.storage.local_model_dir)
-    async with bus, asyncio.TaskGroup() as tasks:
+    async with bus, metrics.watching(workers + ([evaluator] if evaluator else [])), asyncio.TaskGroup() as tasks:
         tasks.create_task(ingest.run(ingest_stop))
         tasks.create_task(trainer.run(trainer_stop))
         bridges = [tasks.create_task(serve_pipe(bus, w.stdout, w.stdin))

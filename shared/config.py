@@ -179,6 +179,14 @@ class IngestConfig(_Section):
     """Longest wait before a partial flush."""
 
 
+class MetricsConfig(_Section):
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    """HTTP port of the service's `/metrics`, `/healthz` and `/readyz`; 0: none (`cartridge
+    up` serves one endpoint for all its processes, on 9464 unless set)."""
+    host: str = "127.0.0.1"
+    """Address that endpoint listens on (`0.0.0.0` in a container, so Prometheus reaches it)."""
+
+
 AnchorName = Annotated[str, Meta(pattern=r"^(random|one-ply|alphabeta-[1-9])$")]
 
 
@@ -229,6 +237,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     broker: BrokerConfig = BrokerConfig()
     ingest: IngestConfig = IngestConfig()
     eval: EvalConfig = EvalConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _sections() -> dict[str, type]:

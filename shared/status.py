@@ -48,6 +48,8 @@ class ActorStatus(Status, tag="actor"):
     """Publishes tried again after the bus refused them (outages)."""
     reload_latency_ms: float | None
     """From the last model event to serving its model; None before the first reload."""
+    evaluations: int = 0
+    """Positions the network evaluated (search leaves), over all games."""
 
 
 class IngestStatus(Status, tag="ingest"):
@@ -67,6 +69,8 @@ class IngestStatus(Status, tag="ingest"):
     """Messages done with: acked after their commit, or dead-lettered."""
     actor_models: dict[str, int]
     """The newest model version seen in each actor's games."""
+    backlog: int | None = None
+    """Messages waiting in the transitions queue when ingest last asked (None: not yet)."""
 
 
 class TrainerStatus(Status, tag="trainer"):
@@ -87,6 +91,16 @@ class TrainerStatus(Status, tag="trainer"):
     positions_loaded: int
     """Positions loaded into the window since this run started (`samples` over this:
     how often each new position is trained on)."""
+    steps_this_run: int = 0
+    """Training steps taken since this run started."""
+    published: int = 0
+    """Model versions published since this run started."""
+    learning_rate: float = 0.0
+    """The optimizer's learning rate now."""
+    window_oldest_version: int = 0
+    """The oldest model version that played a position in the window (0: uniform or empty)."""
+    window_newest_version: int = 0
+    """The newest model version that played a position in the window."""
 
 
 class EvaluatorStatus(Status, tag="evaluator"):
@@ -111,6 +125,10 @@ class EvaluatorStatus(Status, tag="evaluator"):
     """Rollbacks decided since start."""
     cpu_seconds: float
     """CPU time spent evaluating since start."""
+    games: int = 0
+    """Rating games played since start (the anchors' ladder included)."""
+    last_cost_cpu_s: float | None = None
+    """CPU time the version evaluated last took (None: none yet)."""
 
 
 AnyStatus = Union[ActorStatus, IngestStatus, TrainerStatus, EvaluatorStatus]

@@ -3,6 +3,8 @@ app services' commands run as local processes against the real local services.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -11,11 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from tests.prometheus import api, dashboard_queries, finite_points, free_port, local_config, running_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official Compose schema (compose-spec, Apache-2.0; see tests/data/compose-spec/LICENSE),
@@ -59,7 +65,7 @@ def test_app_services_wait_for_healthy_dependencies():
 
 def test_no_secret_in_compose_or_image():
     text = (ROOT / "compose.yaml").read_text()
-    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD"):
+    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD"):
         # Every use of a password is a required variable, with no default value.
         uses = re.findall(r"(?<!\$)\$\{" + var + r"([^}]*)\}", text)  # `$${..}`: the container's shell
         assert uses and all(u.startswith(":?") for u in uses), var
@@ -69,7 +75,26 @@ def test_no_secret_in_compose_or_image():
     assert "anonymous set none" in " ".join(SERVICES["minio-init"]["command"])
     env_example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                        if line and not line.startswith("#"))
-    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD"} <= env_example.keys()
+    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD"} <= env_example.keys()
+
+
+def test_monitoring_services_are_pinned_and_provisioned():
+    for name in ("prometheus", "grafana"):
+        image = SERVICES[name]["image"]
+        tag = image.rpartition(":")[2]
+        assert ":" in image and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag), image
+    assert "15692:15692" in SERVICES["rabbitmq"]["ports"]
+    plugins = next(v for v in SERVICES["rabbitmq"]["volumes"] if v.endswith("/etc/rabbitmq/enabled_plugins:ro"))
+    assert "rabbitmq_prometheus" in (ROOT / plugins.split(":")[0]).read_text()
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    prometheus = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
+    assert prometheus["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
+    for name in APPS:  # alive = the endpoint's /healthz on the port the service listens on
+        spec = SERVICES[name]
+        assert "/healthz" in " ".join(spec["healthcheck"]["test"]), name
+        assert spec["environment"]["CARTRIDGE_METRICS_PORT"] == "9464"
+        assert spec["environment"]["CARTRIDGE_METRICS_HOST"] == "0.0.0.0"
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
@@ -117,9 +142,30 @@ def moto_server(tmp_path):
     proc.wait()
 
 
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def publish_garbage(broker_names: dict[str, str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(broker_names["url"])
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"not a transition batch", message_id="garbage"),
+                                               routing_key=broker_names["transitions_queue"])
+
+
 def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, tmp_path):
     """ingest, trainer, three actors and the evaluator, started exactly as compose.yaml
-    writes them, until a model is published, every actor serves it and it is rated."""
+    writes them, until a model is published, every actor serves it and it is rated;
+    meanwhile Prometheus, configured as compose configures it, scrapes them all and
+    RabbitMQ, and then every query of the dashboard has data. Each container's health
+    check passes and each service is ready."""
     dotenv = {  # what a user's .env would hold, pointed at this machine's servers
         "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "unused-with-trust-auth",
         "POSTGRES_DB": f"cartridge_compose_{test_id}",
@@ -148,16 +194,25 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
     base["PYTHONPATH"] = str(ROOT)  # this checkout's code, whichever one `cartridge` was installed from
     assert shutil.which("cartridge", path=base["PATH"])
 
-    procs, logs = {}, {}
+    procs, logs, envs, ports = {}, {}, {}, {}
+    stack = contextlib.ExitStack()
+    started = time.time()
     try:
         for name, service in [("ingest", "ingest"), ("trainer", "trainer"),
                               ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor"),
                               ("evaluator", "evaluator")]:
             command, environment = local_process(service, dotenv, hosts)
             logs[name] = tmp_path / f"{name}.log"
+            # Containers all listen on one port; local processes each need their own.
+            ports[name] = free_port()
+            metrics = {"CARTRIDGE_METRICS_PORT": str(ports[name]), "CARTRIDGE_METRICS_HOST": "127.0.0.1"}
+            envs[name] = {**base, **environment, **harness, **metrics}
             procs[name] = subprocess.Popen(
-                command, env={**base, **environment, **harness}, cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=open(logs[name], "w"))
+                command, env=envs[name], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(logs[name], "w"))
+        targets = {}
+        for name in procs:
+            targets.setdefault(name.partition("-")[0], []).append(f"127.0.0.1:{ports[name]}")
+        prometheus = stack.enter_context(running_prometheus(local_config(targets, "127.0.0.1:15692"), tmp_path))
         deadline = time.monotonic() + 240
         actors = [n for n in procs if n.startswith("actor")]
         while time.monotonic() < deadline:
@@ -173,7 +228,37 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         assert "published model 1" in logs["trainer"].read_text()
         ids = {re.search(r"actor (\S+) playing", logs[a].read_text())[1] for a in actors}
         assert len(ids) == 3  # three distinct actor ids from hostname-pid
+
+        # One unusable message: dead-lettered, counted by reason, seen in the dead-letter queue.
+        asyncio.run(publish_garbage(broker_names))
+        ingest_metrics = f"http://127.0.0.1:{ports['ingest']}/metrics"
+        deadline = time.monotonic() + 30
+        while 'cartridge_ingest_dead_lettered_messages_total{reason="undecodable"} 1.0' not in get(ingest_metrics)[1]:
+            assert time.monotonic() < deadline, get(ingest_metrics)[1]
+            time.sleep(0.5)
+
+        for name in procs:
+            healthcheck = SERVICES[name.partition("-")[0]]["healthcheck"]["test"]
+            assert healthcheck[0] == "CMD"
+            check = subprocess.run(healthcheck[1:], env=envs[name], capture_output=True, text=True, timeout=30)
+            assert check.returncode == 0, (name, check.stderr)
+            status, body = get(f"http://127.0.0.1:{ports[name]}/readyz")
+            assert status == 200 and json.loads(body)["ready"], (name, body)
+
+        # The dashboard: every query has data once the evaluator's rating is scraped.
+        deadline = time.monotonic() + 30
+        while not finite_points(prometheus, "cartridge_evaluator_rating", started, time.time()):
+            assert time.monotonic() < deadline, "Prometheus never scraped a rating"
+            time.sleep(0.5)
+        time.sleep(2)  # two more scrapes: rates need two samples after the last event
+        scraped = api(prometheus, "targets")["activeTargets"]
+        assert len(scraped) == len(procs) + 2 and all(t["health"] == "up" for t in scraped), scraped
+        variables = {"queue": broker_names["transitions_queue"], "dead_letter_queue": broker_names["dead_letter_queue"]}
+        empty = [(title, expr) for title, expr in dashboard_queries(variables)
+                 if not finite_points(prometheus, expr, started, time.time())]
+        assert not empty, f"dashboard queries without data: {empty}"
     finally:
+        stack.close()
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

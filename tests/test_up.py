@@ -3,16 +3,22 @@ cleanly on SIGINT, and the next run resumes from the same replay file and checkp
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
+
+from tests.prometheus import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,11 +32,13 @@ SMALL = [
 ]
 
 
-def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Start `cartridge up`, wait for `pattern` in its log, then Ctrl-C it."""
+def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180, extra: tuple[str, ...] = (),
+              while_running: Callable[[], None] = lambda: None) -> subprocess.CompletedProcess:
+    """Start `cartridge up`, wait for `pattern` in its log, call `while_running`, then
+    Ctrl-C it."""
     with open(log, "w") as out:
         # This checkout's code, not whichever one is installed (a worktree's tests run it).
-        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL],
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL, *extra],
                                 cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -39,7 +47,10 @@ def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> 
                 proc.kill()
                 pytest.fail(f"cartridge up never logged {pattern!r}:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        try:
+            while_running()
+        finally:
+            proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)
     return subprocess.CompletedProcess(proc.args, code)
 
@@ -54,9 +65,45 @@ def stored(tmp_path: Path) -> tuple[int, int]:
         db.close()
 
 
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def value(text: str, series: str) -> float:
+    """The value of one series (`name{labels}` as exposed) in a scrape; -1 if absent."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(found[1]) if found else -1
+
+
+def check_one_endpoint_for_every_process(port: int, log: Path) -> None:
+    """`cartridge up`'s endpoint has the parent's ingest and trainer, both actor
+    processes and the evaluator process, merged by prometheus_client's multiprocess mode."""
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in log.read_text()
+    deadline = time.monotonic() + 30
+    while True:  # every process syncs its snapshot each second
+        text = scrape(port)
+        wanted = [value(text, f'cartridge_actor_positions_total{{actor="up-actor-{i}"}}') > 0 for i in (0, 1)]
+        wanted += [value(text, f'cartridge_actor_model_version{{actor="up-actor-{i}"}}') >= 1 for i in (0, 1)]
+        wanted += [value(text, "cartridge_ingest_stored_rows_total") > 0,
+                   value(text, "cartridge_trainer_published_versions_total") >= 2,
+                   value(text, 'cartridge_evaluator_versions_total{result="ok"}') >= 1]
+        if all(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert all(wanted), (wanted, text)
+    assert json.loads(scrape(port, "/healthz"))["alive"]
+    ready = json.loads(scrape(port, "/readyz"))
+    assert ready["ready"] and {s["service"] for s in ready["services"]} == {"ingest", "trainer"}
+    print(f"METRICS scrape of cartridge up with 2 actors: {len(text.encode())} bytes")
+
+
 def test_up_trains_stops_cleanly_and_resumes(tmp_path):
     # Model 2 published, and the evaluator (a worker process) rated a model.
-    first = run_until(tmp_path, tmp_path / "first.log", r"(?s)(?=.*published model 2 )(?=.*model \d+: rating)")
+    port = free_port()
+    first = run_until(tmp_path, tmp_path / "first.log", r"(?s)(?=.*published model 2 )(?=.*model \d+: rating)",
+                      extra=("--set", f"metrics.port={port}"),
+                      while_running=lambda: check_one_endpoint_for_every_process(port, tmp_path / "first.log"))
     assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     text = (tmp_path / "first.log").read_text()
     assert re.search(r"games/s, .* positions/s \| replay \d+ positions \| step \d+", text) or "stopped:" in text
@@ -73,9 +120,15 @@ def test_up_trains_stops_cleanly_and_resumes(tmp_path):
     assert stopped, text[-2000:]
     version, step = int(stopped[2]), int(stopped[3])
 
-    second = run_until(tmp_path, tmp_path / "second.log", rf"published model {version + 1} ")
+    with socket.socket() as taken:  # the metrics port is taken: a warning, and up runs on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        second = run_until(tmp_path, tmp_path / "second.log", rf"published model {version + 1} ",
+                           extra=("--set", f"metrics.port={busy}"))
     assert second.returncode == 0
     text2 = (tmp_path / "second.log").read_text()
+    assert f"no metrics endpoint: metrics.port: cannot listen on 127.0.0.1:{busy}" in text2
     resumed = re.search(rf"resumed from checkpoint: model {version}, step (\d+)", text2)
     assert resumed and 0 < int(resumed[1]) <= step  # the newest checkpoint, not a fresh start
     rows2, distinct2 = stored(tmp_path)

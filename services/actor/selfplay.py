@@ -93,6 +93,7 @@ class SelfPlay:
         evaluator = self.evaluator  # one model for the whole step, even if swapped meanwhile
         ran = self.search.simulate(evaluator)
         self.stats.simulations += ran
+        self.stats.evaluations = self.search.evaluated
         ready = np.flatnonzero(self.search.done())
         if not len(ready):
             return []

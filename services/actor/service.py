@@ -28,6 +28,8 @@ from shared.bus import ActorBus, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.inference import Evaluator
+from shared.metrics.export import exported
+from shared.metrics.families import recorder
 from shared.model_store import ModelStore, open_model_store
 from shared.status import ActorStatus, Lifecycle, instance_name
 from shared.transitions import Transitions, to_batch
@@ -80,12 +82,13 @@ class ActorService:
             unconfirmed=publisher.unconfirmed if publisher else 0,
             publish_retries=publisher.retries if publisher else 0,
             reload_latency_ms=reloader.updates[-1][1] if reloader and reloader.updates else None,
+            evaluations=sp.stats.evaluations if sp else 0,
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         cfg = self.config
-        async with self._lifecycle, self.bus, self.store as store:
+        async with self._lifecycle, exported(self), self.bus, self.store as store:
             self.publisher = GamePublisher(self.bus, cfg.actor.max_unconfirmed, cfg.actor.confirmed_log)
             self.reloader = ModelReloader(store, self.game, cfg, self._swap)
             await self.reloader.load_initial()
@@ -151,7 +154,12 @@ class ActorService:
         assert self.reloader is not None
         async for body in events:
             self._may_play.clear()
+            seen = len(self.reloader.updates)
             try:
                 await self.reloader.handle(body)
             finally:
                 self._may_play.set()
+            if (metrics := recorder()) is not None:
+                for _, latency_ms in self.reloader.updates[seen:]:
+                    if latency_ms is not None:
+                        metrics.actor.reload_latency.labels(actor=self.actor_id).observe(latency_ms / 1000)

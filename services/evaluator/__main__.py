@@ -3,11 +3,13 @@
 import sys
 
 from services.evaluator.service import EvaluatorService
+from shared.metrics.endpoint import serve_metrics
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await EvaluatorService(config).run(stop)
+    async with serve_metrics(config.metrics):
+        await EvaluatorService(config).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

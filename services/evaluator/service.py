@@ -35,6 +35,7 @@ from shared.inference import ModelError, OnnxEvaluator
 from shared.messages import (
     MessageError, ModelEvaluated, ModelPublished, ReloadRequest, encode_event, read_event,
 )
+from shared.metrics.export import exported
 from shared.model_store import (
     ModelCorrupt, ModelNotFound, ModelStore, ServingPointer, StoreUnavailable, open_model_store,
 )
@@ -115,6 +116,8 @@ class EvaluatorService:
         self.last: ModelEvaluated | None = None
         self.serving: ServingPointer | None = None
         self.cpu_seconds = 0.0
+        self.games = 0  # rating games played since start
+        self.last_cost: float | None = None  # CPU seconds of the version evaluated last
 
     def status(self) -> EvaluatorStatus:
         last = self.last
@@ -124,12 +127,13 @@ class EvaluatorService:
             rating_error=last.rating_error if last else None, optimal_pct=last.optimal_pct if last else {},
             policy_optimal_pct=last.policy_optimal_pct if last else {},
             serving=self.serving.version if self.serving and self.serving.hold else None,
-            rollbacks=self.rollbacks, cpu_seconds=round(self.cpu_seconds, 1),
+            rollbacks=self.rollbacks, cpu_seconds=round(self.cpu_seconds, 1), games=self.games,
+            last_cost_cpu_s=self.last_cost,
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        async with self._lifecycle, self.bus, self.store, self.results:
+        async with self._lifecycle, exported(self), self.bus, self.store, self.results:
             events = await self.bus.subscribe_events(durable_queue=self.config.broker.evaluator_queue)
             self.serving = await self.store.serving(self.game.env_id)
             self._lifecycle.started(stop)
@@ -208,6 +212,7 @@ class EvaluatorService:
             return
         cost = time.process_time() - cpu
         self.cpu_seconds += cost
+        self.last_cost = round(cost, 2)
         await self.results.record(env, Evaluation(
             env_id=env, version=version, step=info.step, status="ok", accuracy=accuracy.as_dict(),
             sims=cfg.eval.simulations, positions=cfg.eval.positions, cost_cpu_s=round(cost, 2),
@@ -243,6 +248,7 @@ class EvaluatorService:
         if not any(g.version == 0 for g in stored):
             ladder = await asyncio.to_thread(play_ladder, self.game, cfg)
             await self.results.record(env, None, ladder)
+            self.games += len(ladder)
             stored += ladder
         me = model_player(self.game, evaluator, cfg.game_simulations, self.config.mcts)
         rounds = ROUNDS if cfg.games >= ROUNDS * 2 * OPPONENTS else 1
@@ -263,6 +269,7 @@ class EvaluatorService:
             played += [RatingGame(version=version, player_a=version_name(version), player_b=name,
                                   score_a=r.score_a, moves=r.moves, a_first=r.a_first)
                        for (name, _), records in zip(opponents, results) for r in records]
+            self.games += sum(len(records) for records in results)
         return played
 
     async def _opponent(self, name: str, version: int):

@@ -3,11 +3,13 @@
 import sys
 
 from services.ingest.service import IngestService
+from shared.metrics.endpoint import serve_metrics
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await IngestService(config).run(stop, burst=args.burst)
+    async with serve_metrics(config.metrics):
+        await IngestService(config).run(stop, burst=args.burst)
 
 
 def main(argv: list[str] | None = None) -> int:

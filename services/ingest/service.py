@@ -31,6 +31,8 @@ from shared.bus import BusUnavailable, Delivery, TransitionConsumer, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import MessageError, TransitionBatch, decode_transitions
+from shared.metrics.export import exported
+from shared.metrics.families import recorder
 from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, retry
 from shared.status import IngestStatus, Lifecycle, instance_name
@@ -39,6 +41,7 @@ from shared.transitions import Transitions
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
+BACKLOG_EVERY_S = 5.0  # how often to ask the bus how many messages wait (a metric)
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
@@ -62,6 +65,7 @@ class IngestStats:
     actor_models: dict[str, int] = field(default_factory=dict)  # newest model seen per actor
     first_delivery_at: float | None = None  # monotonic clock
     last_commit_at: float | None = None
+    backlog: int | None = None  # messages waiting in the queue, as last asked
 
 
 class IngestService:
@@ -83,15 +87,17 @@ class IngestService:
             name=self.name, state=self._lifecycle.state, messages=s.messages, rows=s.rows,
             duplicates=s.duplicates, dead_lettered=s.dead_lettered, flushes=s.flushes,
             write_failures=s.write_failures, settled=s.settled, actor_models=dict(s.actor_models),
+            backlog=s.backlog,
         )
 
     async def run(self, stop: asyncio.Event | None = None, burst: bool = False) -> None:
         stop = stop or asyncio.Event()
-        async with self._lifecycle, self.bus, self.replay:
+        async with self._lifecycle, exported(self), self.bus, self.replay:
             deliveries = await self.bus.consume_transitions(self.config.ingest.prefetch)
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
-                helpers = [receiver, tasks.create_task(self._end_on(stop)), tasks.create_task(self._log_progress())]
+                helpers = [receiver, tasks.create_task(self._end_on(stop)), tasks.create_task(self._log_progress()),
+                           tasks.create_task(self._watch_backlog())]
                 self.consuming.set()
                 self._lifecycle.started(stop)
                 try:
@@ -130,6 +136,15 @@ class IngestService:
                 log.info("ingest: %.0f rows/s, %d rows stored, %d duplicate messages, %d dead-lettered",
                          (now.rows - last.rows) / (at - last_at), now.rows, now.duplicates, now.dead_lettered)
             last, last_at = now, at
+
+    async def _watch_backlog(self) -> None:
+        """Keep `stats.backlog` fresh: how far behind ingest is, as the broker counts."""
+        while True:
+            try:
+                self.stats.backlog = await self.bus.pending_transitions()
+            except Exception as exc:  # a figure for the metrics: never a reason to stop ingest
+                log.debug("could not count the transitions backlog: %s", exc)
+            await asyncio.sleep(BACKLOG_EVERY_S)
 
     async def _end_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -190,17 +205,19 @@ class IngestService:
         self.stats.messages += 1
         if self.stats.first_delivery_at is None:
             self.stats.first_delivery_at = time.monotonic()
+        if len(delivery.body) > self.config.broker.max_message_bytes:
+            await self._dead_letter(delivery, MessageError(
+                f"message of {len(delivery.body)} bytes exceeds max_message_bytes "
+                f"({self.config.broker.max_message_bytes})"), "too_large")
+            return None
         try:
-            if len(delivery.body) > self.config.broker.max_message_bytes:
-                raise MessageError(
-                    f"message of {len(delivery.body)} bytes exceeds max_message_bytes "
-                    f"({self.config.broker.max_message_bytes})")
             return Pending(delivery, decode_transitions(delivery.body))
         except MessageError as exc:
-            await self._dead_letter(delivery, exc)
+            await self._dead_letter(delivery, exc, "undecodable")
             return None
 
-    async def _dead_letter(self, delivery: Delivery, reason: MessageError) -> None:
+    async def _dead_letter(self, delivery: Delivery, reason: MessageError, kind: str) -> None:
+        """`kind`: one of `families.DEAD_LETTER_REASONS` (the metric's label)."""
         log.error("dead-lettering message %s: %s", delivery.message_id, reason)
         try:
             await delivery.dead_letter(str(reason))  # acked once the dead-letter copy is confirmed
@@ -210,6 +227,8 @@ class IngestService:
             return
         self.stats.dead_lettered += 1
         self.stats.settled += 1
+        if (metrics := recorder()) is not None:
+            metrics.ingest.dead_lettered.labels(reason=kind).inc()
 
     async def _check(self, pending: list[Pending]) -> list[Pending]:
         """Check the contents of a flush's messages at once; dead-letter the unusable
@@ -217,7 +236,7 @@ class IngestService:
         good = []
         for p, checked in zip(pending, check_many([p.batch for p in pending], self.game)):
             if isinstance(checked, MessageError):
-                await self._dead_letter(p.delivery, checked)
+                await self._dead_letter(p.delivery, checked, "invalid")
             else:
                 p.rows = checked
                 good.append(p)
@@ -229,6 +248,7 @@ class IngestService:
         database is away. Returns their deliveries if stopped before they could be
         stored, else nothing."""
         batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
+        started = time.monotonic()
 
         def failed(exc: BaseException, failures: int) -> None:
             self.stats.write_failures += 1
@@ -246,6 +266,9 @@ class IngestService:
         self.stats.flushes += 1
         self.stats.settled += len(good)
         self.stats.last_commit_at = time.monotonic()
+        if (metrics := recorder()) is not None:
+            metrics.ingest.flush_rows.observe(sum(len(p.rows) for p in good))
+            metrics.ingest.commit_seconds.observe(self.stats.last_commit_at - started)
         # Committed: now ack. Deliveries arrive in order, and every earlier one is in
         # this flush, was acked with an earlier flush, or was dead-lettered (acked):
         # one multiple-ack settles the whole flush.

@@ -3,11 +3,13 @@
 import sys
 
 from services.trainer.service import TrainerService
+from shared.metrics.endpoint import serve_metrics
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await TrainerService(config).run(stop, cycles=args.cycles)
+    async with serve_metrics(config.metrics):
+        await TrainerService(config).run(stop, cycles=args.cycles)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
+from shared.metrics.export import exported
+from shared.metrics.families import recorder
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
 from shared.replay import Replay, ReplayUnavailable, open_replay
 from shared.retry import Stopped, pause, retry
@@ -71,6 +73,7 @@ class TrainerService:
         self.steps_this_run = 0
         self.version = 0
         self.cycles_done = 0
+        self.published = 0  # versions published by this run
         self.last_losses: StepLosses | None = None
         self.replay_size = 0  # positions in the replay buffer, as last seen
         self._lifecycle = Lifecycle()
@@ -83,14 +86,16 @@ class TrainerService:
             loss=losses.total if losses else None, policy_loss=losses.policy if losses else None,
             value_loss=losses.value if losses else None,
             samples=self.steps_this_run * self.config.training.batch_size,
-            positions_loaded=self.window.total_loaded,
+            positions_loaded=self.window.total_loaded, steps_this_run=self.steps_this_run,
+            published=self.published, learning_rate=self.optimizer.param_groups[0]["lr"],
+            window_oldest_version=self.window.oldest_version, window_newest_version=self.window.newest_version,
         )
 
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
         """Train until `stop` is set, or for `cycles` cycles."""
         stop = stop or asyncio.Event()
         cfg = self.config
-        async with self._lifecycle, self.bus, self.store as store, self.replay as replay:
+        async with self._lifecycle, exported(self), self.bus, self.store as store, self.replay as replay:
             await self._resume(store)
             self._lifecycle.started(stop)
             try:
@@ -180,9 +185,15 @@ class TrainerService:
     async def _publish(self, store, stop: asyncio.Event) -> None:
         """Export, upload, checkpoint, announce. Outages are retried until `stop` (the
         store and the bus log them)."""
+        metrics = recorder()
+        started = time.monotonic()
         onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
+        exported_at = time.monotonic()
         info = await retry(lambda: self._put_model(store, self.version + 1, onnx_bytes),
                            what="storing the model", errors=StoreUnavailable, stop=stop)
+        if metrics is not None:
+            metrics.trainer.export_seconds.observe(exported_at - started)
+            metrics.trainer.upload_seconds.labels(object="model").observe(time.monotonic() - exported_at)
         version = info.version
         checkpoint = Checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -190,8 +201,11 @@ class TrainerService:
         )
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
             data = await asyncio.to_thread(checkpoint.to_bytes)
+            started = time.monotonic()
             await retry(lambda: store.put_checkpoint(self.game.env_id, version, data),
                         what="storing the checkpoint", errors=StoreUnavailable, stop=stop)
+            if metrics is not None:
+                metrics.trainer.upload_seconds.labels(object="checkpoint").observe(time.monotonic() - started)
         self.version = version
         event = ModelPublished(
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,
@@ -204,4 +218,5 @@ class TrainerService:
             # The model is stored either way; actors that miss the event pick it up at start.
             log.warning("stopped before model %d was announced; actors load it when they start", version)
             return
+        self.published += 1
         log.info("published model %d (step %d, %d bytes)", version, self.step, info.size)

@@ -22,6 +22,8 @@ class ReplayWindow:
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
         self.policy = np.zeros((size, a), np.float32)
         self.value = np.zeros(size, np.float32)
+        self.model_version = np.zeros(size, np.int32)  # the model that played each position
+        self.oldest_version = self.newest_version = 0  # over the rows held
         self.filled = 0  # rows held (<= size)
         self.write = 0  # ring position of the next row
         self.last_id = 0  # replay cursor: newest row id loaded
@@ -54,9 +56,12 @@ class ReplayWindow:
         self.observation[idx] = rows.observation
         self.policy[idx] = rows.policy
         self.value[idx] = rows.value
+        self.model_version[idx] = rows.model_version
         self.write = int((self.write + n) % self.size)
         self.filled = min(self.filled + n, self.size)
         self.total_loaded += n
+        held = self.model_version[:self.filled]  # once per refresh, not per sample
+        self.oldest_version, self.newest_version = int(held.min()), int(held.max())
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(observation float32[b, 2, H, W], policy [b, A], value [b])`, uniformly drawn."""

@@ -39,6 +39,7 @@ class BatchedMCTS:
         self.add_noise = config.dirichlet_epsilon > 0
         self._noise_pending = np.zeros(batch, bool)
         self._all = np.arange(batch)
+        self.evaluated = 0  # positions sent to the network, ever
         # Per step: the edges walked, for the backup.
         self._path_nodes = np.zeros((batch, self.nodes), np.int32)
         self._path_actions = np.zeros((batch, self.nodes), np.int32)
@@ -156,6 +157,7 @@ class BatchedMCTS:
         if len(leaf_slots):
             boards = t.boards[leaf_slots, leaf_nodes]
             logits, v = evaluator(self.game.observe(boards))
+            self.evaluated += len(leaf_slots)
             legal = self.game.legal_mask(boards)
             t.legal[leaf_slots, leaf_nodes] = legal
             t.prior[leaf_slots, leaf_nodes] = masked_softmax(logits, legal)
