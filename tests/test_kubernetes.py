@@ -385,3 +385,40 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     assert code == 0, log.read_text()[-3000:]
+
+
+# Secrets an operator writes for the resource it runs, not created by hand.
+OPERATOR_SECRETS = {"rabbitmq-default-user", "postgres-app"}
+
+
+def referenced_secrets(overlay: str) -> dict[str, set[str]]:
+    """Secret name -> the keys the rendered overlay reads from it."""
+    refs: dict[str, set[str]] = {}
+    workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values()]
+    for workload in workloads:
+        for c in workload["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                if "secretKeyRef" in e.get("valueFrom", {}):
+                    ref = e["valueFrom"]["secretKeyRef"]
+                    refs.setdefault(ref["name"], set()).add(ref["key"])
+    for auth in objects(overlay, "TriggerAuthentication").values():
+        for ref in auth["spec"]["secretTargetRef"]:
+            refs.setdefault(ref["name"], set()).add(ref["key"])
+    for tenant in objects(overlay, "Tenant").values():
+        refs.setdefault(tenant["spec"]["configuration"]["name"], set()).add("config.env")
+    return refs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_readme_creates_every_secret_the_overlay_reads(overlay):
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S)
+              if f"kubectl apply -k deploy/kubernetes/overlays/{overlay}\n" in b]
+    assert len(blocks) == 1, f"the README shows no (or more than one) way to apply {overlay}"
+    created: dict[str, set[str]] = {}
+    for command in blocks[0].split("kubectl ")[1:]:
+        if command.startswith("create secret generic "):
+            name = command.split()[3]
+            created[name] = set(re.findall(r"--from-literal=([\w.-]+)=", command))
+    needed = {name: keys for name, keys in referenced_secrets(overlay).items() if name not in OPERATOR_SECRETS}
+    assert created == needed
