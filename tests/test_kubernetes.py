@@ -143,6 +143,11 @@ def test_the_schemas_catch_a_mistake():
     assert not validator.is_valid(deployment)
 
 
+def test_every_app_service_of_compose_is_deployed():
+    apps = {name for name, spec in COMPOSE.items() if spec.get("image") == COMPOSE["actor"]["image"]}
+    assert apps and apps <= set(APPS)
+
+
 @pytest.mark.parametrize("service", APPS)
 def test_containers_run_compose_commands(service):
     if service not in COMPOSE:
@@ -187,6 +192,14 @@ def test_deployments_scale_probe_and_bound_their_resources(overlay):
             for used in re.findall(r"\$\((\w+)\)", e.get("value", "")):
                 assert used in defined, (name, e["name"], used)
             defined.add(e["name"])
+
+
+def test_pods_run_as_the_images_user():
+    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text())[1]
+    for deployment in objects("single-node", "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == int(uid)
+        assert container(deployment)["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
