@@ -3,11 +3,14 @@
 import sys
 
 from services.actor.service import ActorService
+from shared.heartbeat import HeartbeatSender
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await ActorService(config).run(stop)
+    service = ActorService(config)
+    async with HeartbeatSender(config, service.status):  # `cartridge status` sees it
+        await service.run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

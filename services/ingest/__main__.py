@@ -3,11 +3,14 @@
 import sys
 
 from services.ingest.service import IngestService
+from shared.heartbeat import HeartbeatSender
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await IngestService(config).run(stop, burst=args.burst)
+    service = IngestService(config)
+    async with HeartbeatSender(config, service.status):  # `cartridge status` sees it
+        await service.run(stop, burst=args.burst)
 
 
 def main(argv: list[str] | None = None) -> int:

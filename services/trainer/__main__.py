@@ -3,11 +3,14 @@
 import sys
 
 from services.trainer.service import TrainerService
+from shared.heartbeat import HeartbeatSender
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    await TrainerService(config).run(stop, cycles=args.cycles)
+    service = TrainerService(config)
+    async with HeartbeatSender(config, service.status):  # `cartridge status` sees it
+        await service.run(stop, cycles=args.cycles)
 
 
 def main(argv: list[str] | None = None) -> int:
