@@ -26,6 +26,7 @@ import time
 
 import msgspec
 
+from cartridge.web.embedded import web_page
 from services.actor.service import ActorService
 from services.evaluator.service import EvaluatorService
 from services.ingest.service import IngestService
@@ -49,6 +50,12 @@ async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> N
     bus = MemoryBus()
     ingest = IngestService(config, bus=bus)
     trainer = TrainerService(config, bus=bus)
+    async with web_page(config, lambda: [ingest.status(), trainer.status()], bus):  # prints its URL
+        await _pipeline(config, args, stop, bus, ingest, trainer)
+
+
+async def _pipeline(config: Config, args: argparse.Namespace, stop: asyncio.Event, bus: MemoryBus,
+                    ingest: IngestService, trainer: TrainerService) -> None:
     ingest_stop, trainer_stop = asyncio.Event(), asyncio.Event()
     workers = [await _spawn_worker(config, i) for i in range(args.actors)]
     evaluator = await _spawn_worker(config, "evaluator") if config.eval.enabled else None
