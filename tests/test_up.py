@@ -4,12 +4,15 @@ cleanly on SIGINT, and the next run resumes from the same replay file and checkp
 from __future__ import annotations
 
 import os
+import json
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,8 @@ def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> 
     """Start `cartridge up`, wait for `pattern` in its log, then Ctrl-C it."""
     with open(log, "w") as out:
         # This checkout's code, not whichever one is installed (a worktree's tests run it).
-        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL],
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL,
+                                 "--set", f"web.port={free_port()}"],
                                 cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -42,6 +46,12 @@ def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180) -> 
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)
     return subprocess.CompletedProcess(proc.args, code)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stored(tmp_path: Path) -> tuple[int, int]:
@@ -80,3 +90,44 @@ def test_up_trains_stops_cleanly_and_resumes(tmp_path):
     assert resumed and 0 < int(resumed[1]) <= step  # the newest checkpoint, not a fresh start
     rows2, distinct2 = stored(tmp_path)
     assert rows2 > rows and rows2 == distinct2  # the same replay file, grown, still no duplicates
+
+
+def test_up_serves_the_web_page_and_prints_its_url(tmp_path):
+    port = free_port()
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", *SMALL,
+                                 "--set", f"web.port={port}", "--set", "status.heartbeat_s=0.5"],
+                                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while f"web page at http://127.0.0.1:{port}/" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+            assert "<title>Cartridge</title>" in page and "/static/app.js" in page
+            while True:  # ingest and the trainer of this process, seen live; the in-process queue
+                overview = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=10).read())
+                if {i["service"] for i in overview["live"]["instances"]} >= {"ingest", "trainer"}:
+                    break
+                assert time.monotonic() < deadline, overview
+                time.sleep(0.3)
+            assert overview["env_id"] == "tictactoe" and overview["errors"] == []
+            assert overview["queues"][0]["name"] == "transitions (in-process bus)"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=90)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_up_names_a_web_port_that_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", *SMALL,
+                                 "--set", f"web.port={port}"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "web.port" in result.stderr

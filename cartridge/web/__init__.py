@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 
 from cartridge.web.app import build_app, start, url
@@ -25,6 +26,8 @@ from shared.service import base_parser, run_service
 
 log = logging.getLogger("cartridge.web")
 
+CLOSE_S = 5.0
+
 
 async def serve(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> None:
     async with open_model_store(config.storage) as store, open_evaluations(config.storage) as results:
@@ -37,6 +40,8 @@ async def serve(config: Config, args: argparse.Namespace, stop: asyncio.Event) -
             await stop.wait()
         finally:
             follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(follower, CLOSE_S)  # its RabbitMQ connection closes
             await runner.cleanup()
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -19,11 +20,12 @@ async def queue_depths(broker: BrokerConfig) -> list[dict]:
     cannot be asked."""
     amqp = urlsplit(broker.url)
     vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-    auth = aiohttp.BasicAuth(unquote(amqp.username or "guest"), unquote(amqp.password or "guest"))
+    login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
+    auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
     base = broker.management_url.rstrip("/")
     out = []
     try:
-        async with aiohttp.ClientSession(auth=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+        async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
             for name in (broker.transitions_queue, broker.dead_letter_queue):
                 async with http.get(f"{base}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}") as reply:
                     if reply.status == 404:
