@@ -227,7 +227,7 @@ class StatusConfig(_Section):
     """Seconds between two heartbeats of every service."""
     missed_beats: PositiveInt = 3
     """A service not heard from for this many heartbeats is down."""
-    lookback_s: PositiveFloat = 900.0
+    lookback_s: Annotated[float, Meta(gt=0, le=3600)] = 900.0
     """How far back `cartridge status` and the web page read heartbeats: a service seen in
     this window and silent since is reported down (at most the stream's hour)."""
 
