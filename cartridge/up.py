@@ -7,7 +7,8 @@ in worker processes (one per core by default), each an ordinary `ActorService` w
 is a pipe to this process; ingest and the trainer run here. With `eval.enabled` the
 evaluator runs in a worker process too (its games and searches must not share this
 process's GIL with ingest and the trainer), storing its results in the same SQLite file;
-the progress line shows the newest rating and accuracy it announced.
+the progress line shows the newest rating and accuracy it announced. The web page is
+served from this process (`cartridge.web.embedded`), its URL printed at start.
 
 Ctrl-C (or SIGTERM) stops it cleanly: actors publish the games they finished, ingest
 stores everything published, the trainer keeps its last checkpoint. The next

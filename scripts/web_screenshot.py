@@ -23,7 +23,7 @@ def main(url: str, out: str) -> int:
     if (missing := available()):
         print(f"web_screenshot: {missing}", file=sys.stderr)
         return 2
-    driver = chromium(width=1400, height=1700)
+    driver = chromium(width=1500, height=2000)
     try:
         driver.get(url)
         time.sleep(3)  # the first overview

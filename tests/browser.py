@@ -5,6 +5,7 @@ Selenium Manager (which would try to download a browser and a driver) is never r
 from __future__ import annotations
 
 import shutil
+import tempfile
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -28,7 +29,9 @@ def chromium(width: int = 1400, height: int = 1800):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+    # A profile of its own: two browsers on one profile refuse to start (tests run side by side).
+    profile = tempfile.mkdtemp(prefix="cartridge-chromium-")
+    for arg in (f"--user-data-dir={profile}", "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={width},{height}", "--hide-scrollbars"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

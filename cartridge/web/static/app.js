@@ -19,8 +19,9 @@ function when(t) { return t ? new Date(t * 1000).toLocaleString() : "-"; }
 function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
 
 // -- charts -----------------------------------------------------------------------------
-// series: [{name, points: [{x, y, err}]}]; every point is a <circle> carrying data-x and
-// data-y (the plotted values), so what is drawn can be checked against the database.
+// series: [{name, points: [{x, y, err}], dots}]; every point is a <circle> carrying data-x and
+// data-y (the plotted values), so what is drawn can be checked against the database (a
+// series without `dots` over 120 points is drawn as a line only).
 function chart(svg, series, { xTime = false, yMin, yMax } = {}) {
   const W = 400, H = 210, L = 46, R = 10, T = 10, B = 34;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -48,15 +49,16 @@ function chart(svg, series, { xTime = false, yMin, yMax } = {}) {
     const sorted = [...s.points].sort((a, b) => a.x - b.x);
     if (sorted.length > 1)
       svg.append(el("polyline", { points: sorted.map(p => `${sx(p.x)},${sy(p.y)}`).join(" "), fill: "none", stroke: color, "stroke-width": 1.5 }));
+    if (series.length > 1) {
+      svg.append(el("rect", { x: L + 8 + i * 100, y: H - 12, width: 8, height: 8, fill: color }));
+      svg.append(el("text", { x: L + 19 + i * 100, y: H - 4 }, s.name));
+    }
+    if (sorted.length > 120 && !s.dots) return;  // a dense series reads better as a line alone
     for (const p of sorted) {
       if (p.err) svg.append(el("line", { x1: sx(p.x), x2: sx(p.x), y1: sy(p.y - p.err), y2: sy(p.y + p.err), stroke: color, "stroke-opacity": 0.5 }));
       const c = el("circle", { cx: sx(p.x), cy: sy(p.y), r: 3, fill: color, "data-series": s.name, "data-x": p.x, "data-y": p.y });
       c.append(el("title", {}, `${s.name}: ${fmt(p.y, 2)} at ${xTime ? when(p.x) : "step " + p.x}`));
       svg.append(c);
-    }
-    if (series.length > 1) {
-      svg.append(el("rect", { x: L + 8 + i * 100, y: H - 12, width: 8, height: 8, fill: color }));
-      svg.append(el("text", { x: L + 19 + i * 100, y: H - 4 }, s.name));
     }
   });
 }
@@ -68,12 +70,12 @@ function drawCharts() {
   const byTime = xAxis() === "time";
   const rated = data.ratings.filter(r => r.status === "ok");
   const x = r => byTime ? (r.published_at || r.evaluated_at) : r.step;
-  chart($("chart-rating"), [{ name: "rating", points: rated.filter(r => r.rating !== null).map(r => ({ x: x(r), y: r.rating, err: r.rating_error })) }], { xTime: byTime });
+  chart($("chart-rating"), [{ name: "rating", dots: true, points: rated.filter(r => r.rating !== null).map(r => ({ x: x(r), y: r.rating, err: r.rating_error })) }], { xTime: byTime });
   for (const [id, key] of [["chart-search", "optimal_pct"], ["chart-policy", "policy_optimal_pct"]])
-    chart($(id), STAGES.map(s => ({ name: s, points: rated.filter(r => r[key][s] !== null).map(r => ({ x: x(r), y: r[key][s] })) })),
+    chart($(id), STAGES.map(s => ({ name: s, dots: true, points: rated.filter(r => r[key][s] !== null).map(r => ({ x: x(r), y: r[key][s] })) })),
           { xTime: byTime, yMin: 0, yMax: 100 });
   chart($("chart-loss"), [
-    { name: "at publication", points: data.models.filter(m => m.loss !== null).map(m => ({ x: m.step, y: m.loss })) },
+    { name: "at publication", dots: true, points: data.models.filter(m => m.loss !== null).map(m => ({ x: m.step, y: m.loss })) },
     { name: "live", points: data.live.loss.map(([step, loss]) => ({ x: step, y: loss })) },
   ]);
   chart($("chart-rate"), [{ name: "stored/s", points: data.live.stored_per_s.map(([t, r]) => ({ x: t, y: r })) }], { xTime: true, yMin: 0 });
