@@ -67,7 +67,7 @@ def screen(view: LiveView, queues: list[dict] | None, problems: list[str], confi
     lines.append(model)
     lines.append("")
     lines.extend(f"DOWN: {p}" for p in problems)
-    lines.append("OK: every service up" if not problems else f"{len(problems)} problem(s)")
+    lines.append("OK: every service heard from is up" if not problems else f"{len(problems)} problem(s)")
     return "\n".join(lines)
 
 
