@@ -13,6 +13,8 @@ COMMANDS = {
     "evaluator": ("services.evaluator.__main__", "measure and rate every published model, roll back regressions"),
     "ratings": ("cartridge.ratings", "print every model version's rating and accuracy"),
     "eval": ("cartridge.eval", "measure one model's accuracy and rating games once, by hand"),
+    "status": ("cartridge.status", "show every running service, queue depths, models; exit 1 if one is down"),
+    "web": ("cartridge.web", "serve the web page: training curves, ratings, play a model"),
     "reload": ("cartridge.reload", "ask every actor to load a model version now"),
     "analyze": ("cartridge.analyze", "print a model's move choices for positions"),
     "arena": ("cartridge.arena", "play a model against a fixed opponent and count wins"),

@@ -23,7 +23,7 @@ import time
 
 from services.evaluator.service import fit, version_name
 from shared.config import Config
-from shared.evaluations import open_evaluations
+from shared.evaluations import Evaluations, open_evaluations
 from shared.replay import ReplayUnavailable
 from shared.retry import DependencyError
 from shared.service import base_parser, load_command_config
@@ -33,12 +33,17 @@ STAGES = ("early", "mid", "late")
 
 async def rating_rows(config: Config) -> list[dict]:
     """One dict per evaluated version, oldest first (`--json`'s list)."""
-    env = config.common.env_id
     async with open_evaluations(config.storage) as results:
-        evaluations = await results.evaluations(env)
-        games = await results.games(env)
-        servings = await results.servings(env)
-    ratings = fit(games, config.eval.prior_draws)
+        return await rows_of(results, config)
+
+
+async def rows_of(results: Evaluations, config: Config) -> list[dict]:
+    """`rating_rows` from a results store already open (the web page keeps one)."""
+    env = config.common.env_id
+    evaluations = await results.evaluations(env)
+    games = await results.games(env)
+    servings = await results.servings(env)
+    ratings = await asyncio.to_thread(fit, games, config.eval.prior_draws)  # CPU work: off the event loop
     held = servings[-1].version if servings and servings[-1].hold else None
     newest_ok = max((e.version for e in evaluations if e.status == "ok"), default=None)
     served = held if held is not None else newest_ok

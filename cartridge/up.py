@@ -7,10 +7,11 @@ in worker processes (one per core by default), each an ordinary `ActorService` w
 is a pipe to this process; ingest and the trainer run here. With `eval.enabled` the
 evaluator runs in a worker process too (its games and searches must not share this
 process's GIL with ingest and the trainer), storing its results in the same SQLite file;
-the progress line shows the newest rating and accuracy it announced.
+the progress line shows the newest rating and accuracy it announced. The web page is
+served from this process (`cartridge.web.embedded`), its URL printed at start.
 
-Ctrl-C (or SIGTERM, or the end of `--minutes N`) stops it cleanly: actors publish the games they finished, ingest
-stores everything published, the trainer keeps its last checkpoint. The next
+Ctrl-C (or SIGTERM, or the end of `--minutes N`) stops it cleanly: actors publish the
+games they finished, ingest stores everything published, the trainer keeps its last checkpoint. The next
 `cartridge up` resumes from the same replay file and the newest checkpoint.
 """
 
@@ -27,6 +28,7 @@ import time
 import msgspec
 
 from cartridge.up_metrics import DEFAULT_PORT, TreeMetrics
+from cartridge.web.embedded import web_page
 from services.actor.service import ActorService
 from services.evaluator.service import EvaluatorService
 from services.ingest.service import IngestService
@@ -51,6 +53,12 @@ async def up(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> N
     bus = MemoryBus()
     ingest = IngestService(config, bus=bus)
     trainer = TrainerService(config, bus=bus)
+    async with web_page(config, lambda: [ingest.status(), trainer.status()], bus):  # prints its URL
+        await _pipeline(config, args, stop, metrics, bus, ingest, trainer)
+
+
+async def _pipeline(config: Config, args: argparse.Namespace, stop: asyncio.Event, metrics: TreeMetrics,
+                    bus: MemoryBus, ingest: IngestService, trainer: TrainerService) -> None:
     ingest_stop, trainer_stop = asyncio.Event(), asyncio.Event()
     workers = [await _spawn_worker(config, i) for i in range(args.actors)]
     evaluator = await _spawn_worker(config, "evaluator") if config.eval.enabled else None

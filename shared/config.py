@@ -168,6 +168,12 @@ class BrokerConfig(_Section):
     Fixed when the queue is created (a policy may lower it later)."""
     connect_attempts: PositiveInt = 30
     """Start-up connection attempts (with backoff) before giving up."""
+    heartbeats: str = "cartridge.heartbeats"
+    """Fanout exchange every service sends its heartbeat (its status snapshot) to, and the
+    stream queue of the same name that keeps them for an hour: what `cartridge status` and
+    the web page read."""
+    management_url: str = "http://127.0.0.1:15672"
+    """RabbitMQ's management API (queue depths), logged in as `url`'s user and password."""
 
 
 class IngestConfig(_Section):
@@ -227,6 +233,27 @@ class EvalConfig(_Section):
             raise ValueError("anchors has duplicates")
 
 
+class StatusConfig(_Section):
+    heartbeat_s: PositiveFloat = 5.0
+    """Seconds between two heartbeats of every service."""
+    missed_beats: PositiveInt = 3
+    """A service not heard from for this many heartbeats is down."""
+    lookback_s: Annotated[float, Meta(gt=0, le=3600)] = 900.0
+    """How far back `cartridge status` and the web page read heartbeats: a service seen in
+    this window and silent since is reported down (at most the stream's hour)."""
+
+
+class WebConfig(_Section):
+    enabled: bool = True
+    """Serve the web page in `cartridge up` (`cartridge web` serves it in a deployment)."""
+    host: str = "127.0.0.1"
+    """Address the web page listens on (`0.0.0.0`: every interface)."""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8470
+    """Port of the web page."""
+    max_simulations: PositiveInt = 1600
+    """Most search simulations a player may ask of a model per move on the web page."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     common: CommonConfig = CommonConfig()
     network: NetworkConfig = NetworkConfig()
@@ -238,6 +265,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     ingest: IngestConfig = IngestConfig()
     eval: EvalConfig = EvalConfig()
     metrics: MetricsConfig = MetricsConfig()
+    status: StatusConfig = StatusConfig()
+    web: WebConfig = WebConfig()
 
 
 def _sections() -> dict[str, type]:

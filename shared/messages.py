@@ -17,6 +17,8 @@ from typing import Literal
 import msgspec
 import numpy as np
 
+from shared.status import AnyStatus
+
 TRANSITIONS_SCHEMA_VERSION = 1
 EVENTS_SCHEMA_VERSION = 1
 
@@ -210,3 +212,38 @@ def read_event(body: bytes, reader: str, log: logging.Logger) -> ControlEvent | 
         _unknown_types_seen.add(key)
         log.log(level, "ignored control event: %s (not for %s)", exc, reader)
         return None
+# -- heartbeats -------------------------------------------------------------------------
+
+HEARTBEAT_SCHEMA_VERSION = 1
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_field="type"):
+    """A service saying it is alive, and how it is doing: its `status()` snapshot, every
+    `status.heartbeat_s` seconds, on the heartbeats exchange (JSON, readable in the
+    management UI). The last one a service sends as it exits has state `stopped`."""
+
+    schema_version: int = HEARTBEAT_SCHEMA_VERSION
+    sent_at: float = msgspec.field(default_factory=time.time)
+    interval_s: float
+    """When the next one is due: silence for a few of these means the service is down."""
+    host: str
+    status: AnyStatus
+
+
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+def encode_heartbeat(beat: Heartbeat) -> bytes:
+    return msgspec.json.encode(beat)
+
+
+def decode_heartbeat(body: bytes) -> Heartbeat:
+    """`MessageError` for anything that is not a heartbeat this reader knows."""
+    try:
+        beat = _heartbeat_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"not a heartbeat: {exc}") from None
+    if beat.schema_version != HEARTBEAT_SCHEMA_VERSION:
+        raise MessageError(f"unknown heartbeat schema_version {beat.schema_version} "
+                           f"(this reader knows {HEARTBEAT_SCHEMA_VERSION})")
+    return beat

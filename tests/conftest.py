@@ -80,6 +80,7 @@ async def broker_names(test_id: str) -> dict[str, str]:
         "dead_letter_queue": f"test.{test_id}.transitions.dead",
         "models_exchange": f"test.{test_id}.models",
         "evaluator_queue": f"test.{test_id}.evaluator",
+        "heartbeats": f"test.{test_id}.heartbeats",
     }
     yield names
     import aio_pika
@@ -87,9 +88,9 @@ async def broker_names(test_id: str) -> dict[str, str]:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for q in (names["transitions_queue"], names["dead_letter_queue"], names["evaluator_queue"]):
+        for q in (names["transitions_queue"], names["dead_letter_queue"], names["evaluator_queue"], names["heartbeats"]):
             await channel.queue_delete(q)
-        for x in (names["dead_letter_exchange"], names["models_exchange"]):
+        for x in (names["dead_letter_exchange"], names["models_exchange"], names["heartbeats"]):
             await channel.exchange_delete(x)
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
-APPS = ("ingest", "trainer", "actor", "evaluator")
+APPS = ("ingest", "trainer", "actor", "evaluator", "web")
 
 
 def test_compose_file_matches_the_official_schema():
@@ -122,13 +123,15 @@ def local_process(service: str, env: dict[str, str], hosts: dict[str, str]) -> t
     return list(spec["command"]), environment
 
 
-@pytest.fixture
-def moto_server(tmp_path):
-    import socket
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_server(tmp_path):
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
@@ -161,11 +164,12 @@ async def publish_garbage(broker_names: dict[str, str]) -> None:
 
 
 def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, tmp_path):
-    """ingest, trainer, three actors and the evaluator, started exactly as compose.yaml
-    writes them, until a model is published, every actor serves it and it is rated;
-    meanwhile Prometheus, configured as compose configures it, scrapes them all and
-    RabbitMQ, and then every query of the dashboard has data. Each container's health
-    check passes and each service is ready."""
+    """ingest, trainer, three actors, the evaluator and the web page, started exactly as
+    compose.yaml writes them, until a model is published, every actor serves it, it is
+    rated, and the web page shows the rating and every service's heartbeat; meanwhile
+    Prometheus, configured as compose configures it, scrapes them all and RabbitMQ, and
+    then every query of the dashboard has data. Each container's health check passes and
+    each pipeline service is ready."""
     dotenv = {  # what a user's .env would hold, pointed at this machine's servers
         "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "unused-with-trust-auth",
         "POSTGRES_DB": f"cartridge_compose_{test_id}",
@@ -174,7 +178,8 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         "MINIO_BUCKET": f"cartridge-compose-{test_id}",
     }
     hosts = {"@postgres:5432": "@127.0.0.1:5432", "@rabbitmq:5672": "@127.0.0.1:5672",
-             "http://minio:9000": moto_server}
+             "http://minio:9000": moto_server, "http://rabbitmq:15672": "http://127.0.0.1:15672"}
+    web_port = free_port()
     # The test's own knobs: its own queues, and a small fast game, so it finishes quickly.
     harness = {
         "CARTRIDGE_BROKER_TRANSITIONS_QUEUE": broker_names["transitions_queue"],
@@ -182,6 +187,8 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": broker_names["dead_letter_queue"],
         "CARTRIDGE_BROKER_MODELS_EXCHANGE": broker_names["models_exchange"],
         "CARTRIDGE_BROKER_EVALUATOR_QUEUE": broker_names["evaluator_queue"],
+        "CARTRIDGE_BROKER_HEARTBEATS": broker_names["heartbeats"], "CARTRIDGE_STATUS_HEARTBEAT_S": "1",
+        "CARTRIDGE_WEB_HOST": "127.0.0.1", "CARTRIDGE_WEB_PORT": str(web_port),
         "CARTRIDGE_EVAL_SIMULATIONS": "4", "CARTRIDGE_EVAL_POSITIONS": "8", "CARTRIDGE_EVAL_GAMES": "4",
         "CARTRIDGE_EVAL_GAME_SIMULATIONS": "4",
         "CARTRIDGE_COMMON_ENV_ID": "tictactoe", "CARTRIDGE_MCTS_NUM_SIMULATIONS": "16",
@@ -200,7 +207,7 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
     try:
         for name, service in [("ingest", "ingest"), ("trainer", "trainer"),
                               ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor"),
-                              ("evaluator", "evaluator")]:
+                              ("evaluator", "evaluator"), ("web", "web")]:
             command, environment = local_process(service, dotenv, hosts)
             logs[name] = tmp_path / f"{name}.log"
             # Containers all listen on one port; local processes each need their own.
@@ -226,6 +233,16 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
             pytest.fail("no model reached all actors and the evaluator: " + logs["trainer"].read_text()[-2000:]
                         + logs["evaluator"].read_text()[-2000:])
         assert "published model 1" in logs["trainer"].read_text()
+        # The web page shows the rating and, through their heartbeats, every service.
+        deadline = time.monotonic() + 60
+        while True:
+            overview = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/overview", timeout=10).read())
+            services = {i["service"] for i in overview["live"]["instances"]}
+            if services >= {"ingest", "trainer", "actor", "evaluator"} and overview["ratings"]:
+                break
+            assert time.monotonic() < deadline, overview
+            time.sleep(0.5)
+        assert overview["ratings"][0]["version"] == 1 and overview["errors"] == []
         ids = {re.search(r"actor (\S+) playing", logs[a].read_text())[1] for a in actors}
         assert len(ids) == 3  # three distinct actor ids from hostname-pid
 
@@ -242,8 +259,9 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
             assert healthcheck[0] == "CMD"
             check = subprocess.run(healthcheck[1:], env=envs[name], capture_output=True, text=True, timeout=30)
             assert check.returncode == 0, (name, check.stderr)
-            status, body = get(f"http://127.0.0.1:{ports[name]}/readyz")
-            assert status == 200 and json.loads(body)["ready"], (name, body)
+            if name != "web":  # the page has no pipeline service to be ready (probed on its own port)
+                status, body = get(f"http://127.0.0.1:{ports[name]}/readyz")
+                assert status == 200 and json.loads(body)["ready"], (name, body)
 
         # The dashboard: every query has data once the evaluator's rating is scraped.
         deadline = time.monotonic() + 30

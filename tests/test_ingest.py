@@ -451,7 +451,7 @@ def command_args(config, tmp_path) -> list[str]:
         "storage.postgres_url": config.storage.postgres_url, "broker.url": b.url,
         "broker.transitions_queue": b.transitions_queue, "broker.dead_letter_exchange": b.dead_letter_exchange,
         "broker.dead_letter_queue": b.dead_letter_queue, "broker.models_exchange": b.models_exchange,
-        "ingest.flush_ms": "50",
+        "broker.heartbeats": b.heartbeats, "ingest.flush_ms": "50",
     }
     args = [sys.executable, "-m", "services.ingest", "--config", str(empty)]
     for key, value in sets.items():

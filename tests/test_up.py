@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +38,8 @@ def run_until(tmp_path: Path, log: Path, pattern: str, timeout: float = 180, ext
     Ctrl-C it."""
     with open(log, "w") as out:
         # This checkout's code, not whichever one is installed (a worktree's tests run it).
-        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL, *extra],
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "2", *SMALL,
+                                 "--set", f"web.port={free_port()}", *extra],
                                 cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -137,7 +138,8 @@ def test_up_trains_stops_cleanly_and_resumes(tmp_path):
 
 def test_up_stops_by_itself_after_minutes(tmp_path):
     """`--minutes N` makes a learning run one command: it stops cleanly on its own."""
-    run = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", "--minutes", "0.25", *SMALL],
+    run = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", "--minutes", "0.25", *SMALL,
+                          "--set", f"web.port={free_port()}", "--set", f"metrics.port={free_port()}"],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -148,3 +150,44 @@ def test_up_stops_by_itself_after_minutes(tmp_path):
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--minutes: expected a number of minutes > 0, got '0'" in bad.stderr
+
+
+def test_up_serves_the_web_page_and_prints_its_url(tmp_path):
+    port = free_port()
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", *SMALL,
+                                 "--set", f"web.port={port}", "--set", "status.heartbeat_s=0.5"],
+                                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while f"web page at http://127.0.0.1:{port}/" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+            assert "<title>Cartridge</title>" in page and "/static/app.js" in page
+            while True:  # ingest and the trainer of this process, seen live; the in-process queue
+                overview = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=10).read())
+                if {i["service"] for i in overview["live"]["instances"]} >= {"ingest", "trainer"}:
+                    break
+                assert time.monotonic() < deadline, overview
+                time.sleep(0.3)
+            assert overview["env_id"] == "tictactoe" and overview["errors"] == []
+            assert overview["queues"][0]["name"] == "transitions (in-process bus)"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=90)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_up_names_a_web_port_that_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", *SMALL,
+                                 "--set", f"web.port={port}"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "web.port" in result.stderr

@@ -3,13 +3,16 @@
 import sys
 
 from services.evaluator.service import EvaluatorService
+from shared.heartbeat import HeartbeatSender
 from shared.metrics.endpoint import serve_metrics
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
-    async with serve_metrics(config.metrics):
-        await EvaluatorService(config).run(stop)
+    service = EvaluatorService(config)
+    # /metrics, /healthz, /readyz; and heartbeats, so `cartridge status` sees it
+    async with serve_metrics(config.metrics), HeartbeatSender(config, service.status):
+        await service.run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,11 +176,18 @@ class TrainerService:
                 return await store.put_model(
                     env_id, version, onnx_bytes, step=self.step,
                     metadata={"blocks": str(self.config.network.blocks),
-                              "channels": str(self.config.network.channels)},
+                              "channels": str(self.config.network.channels), **self._loss_metadata()},
                 )
             except VersionExists as exc:
                 version = max(max(await store.list_versions(env_id), default=0), version) + 1
                 log.warning("%s; storing this model as version %d instead", exc, version)
+
+    def _loss_metadata(self) -> dict[str, str]:
+        """The last step's losses, kept with the model: the web page's loss curve."""
+        losses = self.last_losses
+        if losses is None:
+            return {}
+        return {"loss": f"{losses.total:.6g}", "policy_loss": f"{losses.policy:.6g}", "value_loss": f"{losses.value:.6g}"}
 
     async def _publish(self, store, stop: asyncio.Event) -> None:
         """Export, upload, checkpoint, announce. Outages are retried until `stop` (the

@@ -240,6 +240,7 @@ def env_for(config: Config, proxies: dict[str, TcpProxy], **overrides: str) -> d
         "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": b.dead_letter_exchange,
         "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": b.dead_letter_queue,
         "CARTRIDGE_BROKER_MODELS_EXCHANGE": b.models_exchange,
+        "CARTRIDGE_BROKER_HEARTBEATS": b.heartbeats,
         "CARTRIDGE_INGEST_FLUSH_MS": str(config.ingest.flush_ms),
     })
     env.update(overrides)
