@@ -192,6 +192,10 @@ class TrainerService:
             data = await asyncio.to_thread(checkpoint.to_bytes)
             await retry(lambda: store.put_checkpoint(self.game.env_id, version, data),
                         what="storing the checkpoint", errors=StoreUnavailable, stop=stop)
+            pruned = await retry(lambda: store.prune_checkpoints(self.game.env_id, self.config.storage.keep_checkpoints),
+                                 what="deleting old checkpoints", errors=StoreUnavailable, stop=stop)
+            if pruned:
+                log.debug("deleted checkpoints %s (keeping the newest %d)", pruned, self.config.storage.keep_checkpoints)
         self.version = version
         event = ModelPublished(
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,

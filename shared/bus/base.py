@@ -67,6 +67,9 @@ class TransitionConsumer(BusConnection, Protocol):
     async def pending_transitions(self) -> int:
         """Transition messages waiting to be consumed (for burst mode's "all done")."""
 
+    async def dead_letter_depth(self) -> int:
+        """Messages in the dead-letter queue now."""
+
 
 class EventPublisher(BusConnection, Protocol):
     async def publish_event(self, body: bytes) -> None:

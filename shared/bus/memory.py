@@ -66,6 +66,9 @@ class MemoryBus:
     async def pending_transitions(self) -> int:
         return self._queue.qsize()
 
+    async def dead_letter_depth(self) -> int:
+        return len(self.dead_letters)
+
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
         # Like RabbitMQ's reject-publish: refused once the backlog has reached its bound.
         if self.max_backlog_bytes is not None and self.backlog_bytes >= self.max_backlog_bytes:
