@@ -106,6 +106,9 @@ class MemoryBus:
         for queue in self._subscribers:
             queue.put_nowait(body)
 
+    def on_events_restored(self, callback) -> None:
+        pass  # within one process (or over a pipe to the parent) nothing is ever missed
+
     async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._subscribers.append(queue)

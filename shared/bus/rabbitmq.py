@@ -222,6 +222,7 @@ class RabbitBus:
         self.topology: Topology | None = None
         self.link = Link(f"RabbitMQ at {mask_url(broker.url)}", log)
         self._closing = False
+        self._restored_callbacks: list = []
 
     async def __aenter__(self) -> "RabbitBus":
         self.connection = await connect(self.config, name=self.name)
@@ -309,11 +310,26 @@ class RabbitBus:
         if self._events_connection is None:
             self._events_connection = await connect(self.config, name=f"{self.name} events")
             self._watch(self._events_connection, "events connection")
+            # aio-pika calls these once the channels, queues and consumers are restored:
+            # from then on no event is missed, so a look at the store then is up to date.
+            self._events_connection.reconnect_callbacks.add(lambda _connection: self._events_restored())
         queue = await bind_event_queue(await self._events_connection.channel(), self.config, durable_queue)
-        return self._events(queue)
+        # Consuming from here on, not from the first read: a consumer that exists is
+        # restored with its channel after a reconnect; one still being set up when the
+        # connection drops would fail instead.
+        messages = queue.iterator(no_ack=True)
+        await messages.consume()
+        return self._events(messages)
+
+    def on_events_restored(self, callback) -> None:
+        self._restored_callbacks.append(callback)
+
+    def _events_restored(self) -> None:
+        for callback in self._restored_callbacks:
+            callback()
 
     @staticmethod
-    async def _events(queue) -> AsyncIterator[bytes]:
-        async with queue.iterator(no_ack=True) as messages:
+    async def _events(messages) -> AsyncIterator[bytes]:
+        async with messages:
             async for message in messages:
                 yield message.body
