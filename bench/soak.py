@@ -18,8 +18,9 @@ backlog, then everything stops; the database, queues and bucket are deleted.
 Last line: a JSON object with `minutes`, `produced`, `stored`, `lost`, `duplicated`,
 `rss_mb_per_hour` (per service, least-squares slope after warm-up: the first third of the
 run), `db_mb_per_hour`, `db_mb` (the replay database at the end), `db_mb_implied` (the
-retention setting times the measured bytes per position), `partitions_dropped` and
-`restarts`.
+empty database plus the retention setting times the measured bytes per position),
+`positions_kept`, `partitions_dropped` and `restarts`. The run's clock starts once every
+actor plays and games are being stored (start-up is not part of it).
 
     .venv/bin/python bench/soak.py [--minutes 30] [--actors 8]
 """
@@ -231,6 +232,7 @@ async def main() -> None:
         admin = await asyncpg.connect(f"{POSTGRES}/postgres")
         try:  # created here, so that it can be watched from the first moment
             await admin.execute(f'CREATE DATABASE "{database}"')
+            empty_db = await admin.fetchval("SELECT pg_database_size($1)", database) / MB
         finally:
             await admin.close()
         await asyncio.sleep(2)  # the S3 server
@@ -331,7 +333,11 @@ async def main() -> None:
         "minutes": round(minutes, 1), "actors": args.actors, "produced": produced, "stored": stored,
         "lost": produced - stored, "duplicated": duplicated,
         "rss_mb_per_hour": rss, "db_mb_per_hour": None if db_slope is None else round(db_slope, 1),
-        "db_mb": round(db_mb, 1), "db_mb_implied": round(args.retain * per_row / MB, 1) if in_table else None,
+        "db_mb": round(db_mb, 1),
+        # What the setting implies: the empty database plus `retain` positions at the
+        # bytes per position measured in the table at the end.
+        "db_mb_implied": round(empty_db + args.retain * per_row / MB, 1) if in_table else None,
+        "positions_kept": in_table,
         "retain": args.retain, "partition": args.partition,
         "partitions_dropped": len(dropped),
         "partition_counts_match": sum(d.rows for d in dropped) + in_table == tally.total,
