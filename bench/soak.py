@@ -200,7 +200,7 @@ async def main() -> None:
         "PYTHONPATH": str(ROOT), "CARTRIDGE_COMMON_ENV_ID": args.env,
         "CARTRIDGE_MCTS_NUM_SIMULATIONS": str(args.sims), "CARTRIDGE_ACTOR_PARALLEL_GAMES": str(args.games),
         "CARTRIDGE_TRAINING_WINDOW_SIZE": str(args.window), "CARTRIDGE_TRAINING_MIN_TRANSITIONS": "2000",
-        "CARTRIDGE_TRAINING_STEPS_PER_ITERATION": "200", "CARTRIDGE_TRAINING_DEVICE": "cpu",
+        "CARTRIDGE_TRAINING_STEPS_PER_ITERATION": "50", "CARTRIDGE_TRAINING_DEVICE": "cpu",
         "CARTRIDGE_STORAGE_POSTGRES_URL": url,
         "CARTRIDGE_STORAGE_RETAIN_POSITIONS": str(args.retain),
         "CARTRIDGE_STORAGE_PARTITION_POSITIONS": str(args.partition),
@@ -278,8 +278,7 @@ async def main() -> None:
 
         # Stop the actors (they drain what they published), then let ingest store the rest.
         minutes = (time.monotonic() - start) / 60
-        for p in procs[3:]:
-            await p.stop()
+        await asyncio.gather(*(p.stop() for p in procs[3:]))
         while await queue_depth(names["transitions"]) > 0:
             await asyncio.sleep(1)
         await asyncio.sleep(2)  # the last flush commits
