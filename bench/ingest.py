@@ -183,12 +183,14 @@ async def main() -> None:
         rows_by_batch = [(b.batch_id, "connect4", "bench", g) for b, g in zip(batches, games)]
         conn = await asyncpg.connect(config.storage.postgres_url)
         try:
-            await conn.execute("CREATE TABLE raw_copy (LIKE transitions INCLUDING ALL)")
+            # Plain tables with the indexes of one replay partition (the parent has only the
+            # primary key; each partition has its own UNIQUE (game_id, ply)).
+            await conn.execute("CREATE TABLE raw_copy (LIKE transitions INCLUDING ALL, UNIQUE (game_id, ply))")
             raw_rate = await raw_copy(conn, "raw_copy", copy_records(rows_by_batch))
             print(f"raw copy_records_to_table: {raw_rate:.0f} rows/s; ingest reaches {ingest_rate / raw_rate:.2f} of it")
 
             ledger_rate = await ledger_copy(config, rows_by_batch, "ledger_path")
-            await conn.execute("CREATE TABLE staging_path (LIKE transitions INCLUDING ALL)")
+            await conn.execute("CREATE TABLE staging_path (LIKE transitions INCLUDING ALL, UNIQUE (game_id, ply))")
             staging_rate = await staging_upsert(conn, rows_by_batch, "staging_path")
             print(f"exactly-once write paths, {FLUSH_ROWS}-row flushes with records built inside: "
                   f"ledger + COPY {ledger_rate:.0f} rows/s, staging COPY + INSERT ON CONFLICT "

@@ -143,6 +143,18 @@ class StorageConfig(_Section):
     """Largest model file an actor will download."""
     connect_attempts: PositiveInt = 30
     """Start-up attempts (with backoff) to reach PostgreSQL and the model store before giving up."""
+    retain_positions: PositiveInt = 1_000_000
+    """Positions the replay keeps (at least; older ones are dropped a partition at a time).
+    Never below `training.window_size`: the trainer must always find a whole window."""
+    partition_positions: PositiveInt = 100_000
+    """Positions per replay partition (PostgreSQL range partition of ids; for SQLite the
+    step of its deletes): what retention drops at once, so the table holds up to
+    `retain_positions` plus about two partitions."""
+    ledger_retention_hours: PositiveFloat = 168.0
+    """How long a batch id stays in the ledger after its batch was stored (measured back
+    from the newest entry): a redelivery later than this would be stored again."""
+    keep_checkpoints: PositiveInt = 5
+    """Newest trainer checkpoints kept in the model store; older ones are deleted."""
 
 
 class BrokerConfig(_Section):
@@ -166,6 +178,9 @@ class BrokerConfig(_Section):
     the broker refuses new games and actors wait, instead of the backlog filling the broker's
     disk or memory until a resource alarm blocks every publisher, model events included.
     Fixed when the queue is created (a policy may lower it later)."""
+    max_dead_letter_bytes: PositiveInt = 64 * 1024 * 1024
+    """Bound on the dead-letter queue (bytes of message bodies): beyond it the oldest
+    rejected messages are dropped. Fixed when the queue is created (a policy may lower it)."""
     connect_attempts: PositiveInt = 30
     """Start-up connection attempts (with backoff) before giving up."""
     heartbeats: str = "cartridge.heartbeats"
@@ -268,6 +283,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     status: StatusConfig = StatusConfig()
     web: WebConfig = WebConfig()
 
+    def __post_init__(self):
+        if self.storage.retain_positions < self.training.window_size:
+            raise ValueError(
+                f"storage.retain_positions ({self.storage.retain_positions}) is below training.window_size "
+                f"({self.training.window_size}): the trainer would not find a whole window")
+
 
 def _sections() -> dict[str, type]:
     return {f.name: f.type for f in msgspec.structs.fields(Config)}
@@ -369,7 +390,10 @@ def load_config(
             built[section] = msgspec.convert(values, typ, strict=not strings.get(section))
         except msgspec.ValidationError as exc:
             raise ConfigError(f"[{section}] {_describe(exc, typ)}") from None
-    config = Config(**built)
+    try:
+        config = Config(**built)
+    except ValueError as exc:  # a rule across sections (`Config.__post_init__`)
+        raise ConfigError(str(exc)) from None
     from shared.games import GAMES  # here, not at import: games need no config
 
     if config.common.env_id not in GAMES:

@@ -71,6 +71,12 @@ class IngestStatus(Status, tag="ingest"):
     """The newest model version seen in each actor's games."""
     backlog: int | None = None
     """Messages waiting in the transitions queue when ingest last asked (None: not yet)."""
+    dropped_partitions: int = 0
+    """Replay partitions retention dropped (`storage.retain_positions`)."""
+    dropped_rows: int = 0
+    """Positions in those partitions."""
+    dead_letter_depth: int = 0
+    """Messages in the dead-letter queue (bounded by `broker.max_dead_letter_bytes`), as last seen."""
 
 
 class TrainerStatus(Status, tag="trainer"):

@@ -54,6 +54,7 @@ def test_non_config_env_vars_are_left_alone():
     ("[storage]\nreplay_backend = 'redis'\n", ["replay_backend", "postgres"]),
     ("[storage]\nreplay_table = 'x; drop table y'\n", ["replay_table"]),
     ("[common]\nenv_id = 'chess'\n", ["env_id", "chess", "connect4"]),
+    ("[storage]\nretain_positions = 1000\n", ["storage.retain_positions", "1000", "training.window_size"]),
     ("[mcts\n", ["config.toml"]),
 ])
 def test_bad_file_values_name_the_key(tmp_path, text, words):

@@ -430,7 +430,9 @@ async def test_creating_the_database_and_migrating_is_idempotent(make_config, po
                 " WHERE table_name = 'transitions' ORDER BY ordinal_position")
         finally:
             await conn.close()
-        assert [t["table_name"] for t in tables] == ["transitions", "transitions_batches"]
+        assert [t["table_name"] for t in tables] == [
+            "transitions", "transitions_batches", "transitions_dropped",  # the first partitions:
+            "transitions_p0", "transitions_p100000", "transitions_p200000"]
         assert [(c["column_name"], c["data_type"]) for c in columns] == [
             ("id", "bigint"), ("env_id", "text"), ("game_id", "uuid"), ("ply", "smallint"),
             ("actor_id", "text"), ("model_version", "integer"), ("created_at", "timestamp with time zone"),

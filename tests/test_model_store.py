@@ -220,3 +220,13 @@ async def test_unreachable_endpoint_is_retried_then_reported(make_config, caplog
     assert "sekrit-value" not in str(err.value)
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) == 1 and "sekrit-value" not in retries[0]
+
+
+async def test_only_the_newest_checkpoints_are_kept(storage):
+    async with open_model_store(storage) as store:
+        for version in range(1, 8):
+            await store.put_checkpoint(ENV, version, f"state {version}".encode())
+        assert await store.prune_checkpoints(ENV, keep=3) == [1, 2, 3, 4]
+        assert await store.prune_checkpoints(ENV, keep=3) == []  # nothing more to do
+        assert await store._checkpoint_versions(ENV) == [5, 6, 7]
+        assert await store.latest_checkpoint(ENV) == (7, b"state 7")

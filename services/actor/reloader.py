@@ -9,6 +9,10 @@ Which model to serve: the store's serving pointer's version while it holds (a ro
 else the newest. A reload with `hold` starts holding: model-published events are then
 ignored until a reload without it. Events of other types (the evaluator's
 model_evaluated, or a type newer than this code) are not for actors: ignored quietly.
+
+Events published while an actor's broker connection was down are missed (its queue lives
+and dies with the connection): after a reconnect `catch_up` asks the store what it should
+serve (the pointer's held version, else the newest) and loads it if it differs.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ModelReloader:
         self.events_handled = 0
         self._received_at = 0.0  # wall clock when the event being handled arrived
         self.holding = False  # serving a held version: newer models wait for a reload
+        self.catch_ups = 0  # catch-ups done (the served model checked against the store after a reconnect)
 
     async def load_initial(self) -> None:
         """Start with the served model (held or newest), or the uniform evaluator if none
@@ -61,6 +66,35 @@ class ModelReloader:
             log.warning("cannot read the serving pointer (%s); serving the newest model", exc)
             return None
         return pointer.version if pointer is not None and pointer.hold else None
+
+    async def catch_up(self) -> None:
+        """Serve what the store says should be served now: the serving pointer's version
+        while it holds (a rollback decided while this actor was not listening), else the
+        newest model (one published meanwhile; a hold that ended meanwhile ends here too)."""
+        try:
+            await self._catch_up()
+        finally:
+            self.catch_ups += 1
+
+    async def _catch_up(self) -> None:
+        held = await self._held_version()
+        self.holding = held is not None
+        if held is None:
+            try:
+                info = await self.store.latest(self.game.env_id)
+            except (ModelCorrupt, StoreUnavailable) as exc:
+                self._fail(f"catching up after a reconnect: cannot read the newest model ({exc}); "
+                           f"keeping model {self.current.version}")
+                return
+            if info is None:
+                return
+            target, why = info.version, "caught up after a reconnect: newest"
+        else:
+            target, why = held, "caught up after a reconnect: held by the serving pointer"
+        if target == self.current.version:
+            log.info("reconnected: model %d is still the one to serve", target)
+            return
+        await self._load(target, published_at=None, why=why)
 
     async def handle(self, body: bytes) -> None:
         """Act on one control event's raw body."""

@@ -6,7 +6,9 @@ and the model store, load the newest model, then run two tasks until stopped:
 - self-play: `SelfPlay.step()` in a low-priority worker thread (the event loop stays
   free and wins the CPU when a model arrives), finished games published with confirms;
 - events: this actor's own queue on the models exchange; every event may swap the model
-  between two search steps.
+  between two search steps. When the bus restores the subscription after a lost
+  connection, the events sent meanwhile are gone: the actor then asks the store which
+  model to serve (`ModelReloader.catch_up`), one event or catch-up at a time.
 On stop (SIGTERM/SIGINT) games in progress are dropped whole, and what was published is
 waited for until confirmed.
 """
@@ -67,6 +69,7 @@ class ActorService:
         # model is downloaded and swapped in as fast as the machine allows.
         self._may_play = asyncio.Event()
         self._may_play.set()
+        self._reconnected = asyncio.Event()  # the event subscription was restored: catch up
 
     @property
     def model_version(self) -> int:
@@ -96,14 +99,19 @@ class ActorService:
             self.selfplay = SelfPlay(self.game, cfg.mcts, self.reloader.current,
                                      num_games=cfg.actor.parallel_games, max_games=max_games)
             events = await self.bus.subscribe_events()
+            self.bus.on_events_restored(self._reconnected.set)
             log.info("actor %s playing %s with model %d, %d games in parallel",
                      self.actor_id, self.game.env_id, self.model_version, cfg.actor.parallel_games)
             self.ready.set()
             self._lifecycle.started(stop)
             async with asyncio.TaskGroup() as tasks:
-                listen = tasks.create_task(self._listen(events))
+                updates = asyncio.Queue()  # event bodies, or None: catch up
+                helpers = [tasks.create_task(self._receive(events, updates)),
+                           tasks.create_task(self._on_reconnect(updates)),
+                           tasks.create_task(self._update(updates))]
                 await self._play(stop)
-                listen.cancel()
+                for task in helpers:
+                    task.cancel()
             drained = await self.publisher.drain(DRAIN_TIMEOUT_S)
             self.publisher.close()
             s = self.status()
@@ -150,13 +158,29 @@ class ActorService:
                  self.actor_id, s.games, rate, s.model_version, s.unconfirmed)
         self._last_log, self._last_positions = now, s.positions
 
-    async def _listen(self, events: AsyncIterator[bytes]) -> None:
-        assert self.reloader is not None
+    @staticmethod
+    async def _receive(events: AsyncIterator[bytes], updates: asyncio.Queue) -> None:
         async for body in events:
+            updates.put_nowait(body)
+
+    async def _on_reconnect(self, updates: asyncio.Queue) -> None:
+        while True:
+            await self._reconnected.wait()
+            self._reconnected.clear()
+            updates.put_nowait(None)
+
+    async def _update(self, updates: asyncio.Queue) -> None:
+        """Events and catch-ups in the order they came, one at a time."""
+        assert self.reloader is not None
+        while True:
+            body = await updates.get()
             self._may_play.clear()
             seen = len(self.reloader.updates)
             try:
-                await self.reloader.handle(body)
+                if body is None:
+                    await self.reloader.catch_up()
+                else:
+                    await self.reloader.handle(body)
             finally:
                 self._may_play.set()
             if (metrics := recorder()) is not None:

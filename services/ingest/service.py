@@ -15,6 +15,9 @@ Lifecycle:
    in hand, cancel the consumer, close; whatever the broker sent meanwhile goes back to
    the queue unacked. `burst=True` also ends once the queue is empty and everything is
    stored (tests, benchmarks and draining a backlog need no sleeps).
+Meanwhile, every RETENTION_EVERY_S, `_keep_bounded` has the replay store drop what lies
+beyond `storage.retain_positions` (whole partitions) and looks at how many messages wait
+in the dead-letter queue (both in `status()`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 10.0
 BACKLOG_EVERY_S = 5.0  # how often to ask the bus how many messages wait (a metric)
+RETENTION_EVERY_S = 5.0  # how often retention runs (each pass is cheap when nothing is due)
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
@@ -62,6 +66,9 @@ class IngestStats:
     flushes: int = 0
     write_failures: int = 0  # flush attempts the database refused (then retried)
     settled: int = 0  # messages acked after their commit, or dead-lettered
+    dropped_partitions: int = 0  # replay partitions retention dropped
+    dropped_rows: int = 0  # positions in them
+    dead_letter_depth: int = 0  # messages in the dead-letter queue, as last seen
     actor_models: dict[str, int] = field(default_factory=dict)  # newest model seen per actor
     first_delivery_at: float | None = None  # monotonic clock
     last_commit_at: float | None = None
@@ -88,6 +95,8 @@ class IngestService:
             duplicates=s.duplicates, dead_lettered=s.dead_lettered, flushes=s.flushes,
             write_failures=s.write_failures, settled=s.settled, actor_models=dict(s.actor_models),
             backlog=s.backlog,
+            dropped_partitions=s.dropped_partitions, dropped_rows=s.dropped_rows,
+            dead_letter_depth=s.dead_letter_depth,
         )
 
     async def run(self, stop: asyncio.Event | None = None, burst: bool = False) -> None:
@@ -97,7 +106,7 @@ class IngestService:
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
                 helpers = [receiver, tasks.create_task(self._end_on(stop)), tasks.create_task(self._log_progress()),
-                           tasks.create_task(self._watch_backlog())]
+                           tasks.create_task(self._watch_backlog()), tasks.create_task(self._keep_bounded())]
                 self.consuming.set()
                 self._lifecycle.started(stop)
                 try:
@@ -145,6 +154,21 @@ class IngestService:
             except Exception as exc:  # a figure for the metrics: never a reason to stop ingest
                 log.debug("could not count the transitions backlog: %s", exc)
             await asyncio.sleep(BACKLOG_EVERY_S)
+    async def _keep_bounded(self) -> None:
+        """Retention and the dead-letter count, every RETENTION_EVERY_S. An outage only
+        postpones them (the store and the bus log it)."""
+        while True:
+            try:
+                for part in await self.replay.enforce_retention():
+                    self.stats.dropped_partitions += 1
+                    self.stats.dropped_rows += part.rows
+            except ReplayUnavailable:
+                pass
+            try:
+                self.stats.dead_letter_depth = await self.bus.dead_letter_depth()
+            except BusUnavailable:
+                pass
+            await asyncio.sleep(RETENTION_EVERY_S)
 
     async def _end_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -213,6 +213,10 @@ class TrainerService:
                         what="storing the checkpoint", errors=StoreUnavailable, stop=stop)
             if metrics is not None:
                 metrics.trainer.upload_seconds.labels(object="checkpoint").observe(time.monotonic() - started)
+            pruned = await retry(lambda: store.prune_checkpoints(self.game.env_id, self.config.storage.keep_checkpoints),
+                                 what="deleting old checkpoints", errors=StoreUnavailable, stop=stop)
+            if pruned:
+                log.debug("deleted checkpoints %s (keeping the newest %d)", pruned, self.config.storage.keep_checkpoints)
         self.version = version
         event = ModelPublished(
             env_id=info.env_id, version=info.version, key=info.key, sha256=info.sha256,

@@ -17,7 +17,7 @@ its own library's errors into it, so services never see them.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 
 class BusUnavailable(ConnectionError):
@@ -67,6 +67,9 @@ class TransitionConsumer(BusConnection, Protocol):
     async def pending_transitions(self) -> int:
         """Transition messages waiting to be consumed (for burst mode's "all done")."""
 
+    async def dead_letter_depth(self) -> int:
+        """Messages in the dead-letter queue now."""
+
 
 class EventPublisher(BusConnection, Protocol):
     async def publish_event(self, body: bytes) -> None:
@@ -79,6 +82,11 @@ class EventSubscriber(BusConnection, Protocol):
         `durable_queue`: a named queue that outlives this subscriber, so events published
         while it is away wait for it (the evaluator's; a bus within one process has no
         such "away" and may ignore it)."""
+
+    def on_events_restored(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the subscription is back after a lost connection
+        (events published in between were missed). A bus that cannot lose its
+        connection never calls it."""
 
 
 class ActorBus(TransitionPublisher, EventSubscriber, Protocol):

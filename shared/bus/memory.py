@@ -66,6 +66,9 @@ class MemoryBus:
     async def pending_transitions(self) -> int:
         return self._queue.qsize()
 
+    async def dead_letter_depth(self) -> int:
+        return len(self.dead_letters)
+
     async def publish_transitions(self, body: bytes, *, message_id: str) -> None:
         # Like RabbitMQ's reject-publish: refused once the backlog has reached its bound.
         if self.max_backlog_bytes is not None and self.backlog_bytes >= self.max_backlog_bytes:
@@ -102,6 +105,9 @@ class MemoryBus:
     async def publish_event(self, body: bytes) -> None:
         for queue in self._subscribers:
             queue.put_nowait(body)
+
+    def on_events_restored(self, callback) -> None:
+        pass  # within one process (or over a pipe to the parent) nothing is ever missed
 
     async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()

@@ -111,6 +111,9 @@ class PipeBus:
         except ConnectionError as exc:  # the parent is gone
             raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
 
+    def on_events_restored(self, callback) -> None:
+        pass  # within one process (or over a pipe to the parent) nothing is ever missed
+
     async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         return self._event_stream()
 

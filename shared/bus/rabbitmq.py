@@ -5,7 +5,8 @@ Topology, declared idempotently by every service at start-up:
   RabbitMQ recommends for data that must not be lost; measured as fast as classic here),
   dead-lettering to `dead_letter_exchange`;
 - `dead_letter_exchange` (direct) -> `dead_letter_queue`: unusable messages, kept with
-  the reason in the `x-cartridge-error` header;
+  the reason in the `x-cartridge-error` header, bounded (`max_dead_letter_bytes`, the
+  oldest dropped first);
 - `models_exchange` (fanout): model-published and reload events; each subscriber binds
   its own exclusive, auto-deleted queue, so every actor gets every event.
 A queue's arguments cannot change once it exists: changing the queue type means deleting
@@ -15,7 +16,9 @@ the queue first.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -97,26 +100,39 @@ def transitions_queue_arguments(broker: BrokerConfig) -> dict:
             "x-max-length-bytes": broker.max_backlog_bytes, "x-overflow": "reject-publish"}
 
 
+def dead_letter_queue_arguments(broker: BrokerConfig) -> dict:
+    # Bounded so that a stream of bad messages cannot fill the broker's disk; when full
+    # the oldest go (drop-head, the default overflow): the newest show what is wrong now.
+    return {"x-max-length-bytes": broker.max_dead_letter_bytes}
+
+
+async def _declare_bounded(channel: AbstractChannel, name: str, arguments: dict, policy: dict) -> AbstractQueue:
+    """Declare queue `name` with `arguments`; one declared by an earlier version with
+    other arguments is used as it is, with a warning that gives the `policy` (the
+    arguments a policy can set) that bounds it."""
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except ChannelPreconditionFailed as exc:  # the broker closed the channel: open it again
+        log.warning(
+            "queue %s exists with other arguments than this version declares (%s); using it as it is. "
+            "It may be unbounded: bound it with a policy, e.g. `rabbitmqctl set_policy "
+            "%s '^%s$' '%s' --apply-to queues`, or delete the queue while it is empty to have it declared anew",
+            name, exc.args[0] if exc.args else exc, f"{name}-bound", re.escape(name), json.dumps(policy))
+        await channel.reopen()
+        return await channel.declare_queue(name, passive=True)
+
+
 async def declare_topology(channel: AbstractChannel, broker: BrokerConfig) -> Topology:
     """Declare (or confirm) the exchanges and queues; safe to call any number of times."""
     dlx = await channel.declare_exchange(
         broker.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-    dead = await channel.declare_queue(broker.dead_letter_queue, durable=True)
+    dead = await _declare_bounded(channel, broker.dead_letter_queue, dead_letter_queue_arguments(broker),
+                                  {"max-length-bytes": broker.max_dead_letter_bytes})
     # Messages dead-lettered from the transitions queue keep its name as routing key.
     await dead.bind(dlx, routing_key=broker.transitions_queue)
-    try:
-        transitions = await channel.declare_queue(
-            broker.transitions_queue, durable=True, arguments=transitions_queue_arguments(broker))
-    except ChannelPreconditionFailed as exc:  # the broker closed the channel: open it again
-        log.warning(
-            "queue %s exists with other arguments than this version declares (%s); using it as it is. "
-            "Its backlog may be unbounded: bound it with a policy, e.g. `rabbitmqctl set_policy "
-            "cartridge-backlog '^%s$' '{\"max-length-bytes\": %d, \"overflow\": \"reject-publish\"}' "
-            "--apply-to queues`, or delete the queue while it is empty to have it declared anew",
-            broker.transitions_queue, exc.args[0] if exc.args else exc, broker.transitions_queue.replace(".", "\\."),
-            broker.max_backlog_bytes)
-        await channel.reopen()
-        transitions = await channel.declare_queue(broker.transitions_queue, passive=True)
+    transitions = await _declare_bounded(
+        channel, broker.transitions_queue, transitions_queue_arguments(broker),
+        {"max-length-bytes": broker.max_backlog_bytes, "overflow": "reject-publish"})
     models = await channel.declare_exchange(
         broker.models_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
     return Topology(transitions, dlx, dead, models)
@@ -206,6 +222,7 @@ class RabbitBus:
         self.topology: Topology | None = None
         self.link = Link(f"RabbitMQ at {mask_url(broker.url)}", log)
         self._closing = False
+        self._restored_callbacks: list = []
 
     async def __aenter__(self) -> "RabbitBus":
         self.connection = await connect(self.config, name=self.name)
@@ -274,6 +291,11 @@ class RabbitBus:
             raw = await channel.get_underlay_channel()
             return (await raw.queue_declare(self.config.transitions_queue, passive=True)).message_count
 
+    async def dead_letter_depth(self) -> int:
+        with unavailable_on(CONNECTION_LOST):
+            raw = await (await self._confirming_channel()).get_underlay_channel()
+            return (await raw.queue_declare(self.config.dead_letter_queue, passive=True)).message_count
+
     async def publish_event(self, body: bytes) -> None:
         with unavailable_on(PUBLISH_FAILED):
             channel = await self._confirming_channel()
@@ -288,11 +310,26 @@ class RabbitBus:
         if self._events_connection is None:
             self._events_connection = await connect(self.config, name=f"{self.name} events")
             self._watch(self._events_connection, "events connection")
+            # aio-pika calls these once the channels, queues and consumers are restored:
+            # from then on no event is missed, so a look at the store then is up to date.
+            self._events_connection.reconnect_callbacks.add(lambda _connection: self._events_restored())
         queue = await bind_event_queue(await self._events_connection.channel(), self.config, durable_queue)
-        return self._events(queue)
+        # Consuming from here on, not from the first read: a consumer that exists is
+        # restored with its channel after a reconnect; one still being set up when the
+        # connection drops would fail instead.
+        messages = queue.iterator(no_ack=True)
+        await messages.consume()
+        return self._events(messages)
+
+    def on_events_restored(self, callback) -> None:
+        self._restored_callbacks.append(callback)
+
+    def _events_restored(self) -> None:
+        for callback in self._restored_callbacks:
+            callback()
 
     @staticmethod
-    async def _events(queue) -> AsyncIterator[bytes]:
-        async with queue.iterator(no_ack=True) as messages:
+    async def _events(messages) -> AsyncIterator[bytes]:
+        async with messages:
             async for message in messages:
                 yield message.body

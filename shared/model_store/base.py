@@ -183,6 +183,9 @@ class ModelStore(Protocol):
     async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
         """The highest-numbered checkpoint, None if there is none."""
 
+    async def prune_checkpoints(self, env_id: str, keep: int) -> list[int]:
+        """Delete all but the newest `keep` checkpoints; the versions deleted."""
+
     async def put_serving(self, env_id: str, pointer: ServingPointer) -> None:
         """Say which version actors should serve (overwrites the previous pointer)."""
 
@@ -213,6 +216,10 @@ class ObjectModelStore:
 
     async def _list(self, prefix: str) -> list[str]:
         """Keys under `prefix`, in any order."""
+        raise NotImplementedError
+
+    async def _delete(self, key: str) -> None:
+        """Remove `key` (nothing to do if it is absent)."""
         raise NotImplementedError
 
     async def put_model(self, env_id: str, version: int, data: bytes, *, step: int,
@@ -283,9 +290,19 @@ class ObjectModelStore:
             raise VersionExists(f"checkpoint {version} of {env_id} already exists")
         return key
 
-    async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
+    async def _checkpoint_versions(self, env_id: str) -> list[int]:
         keys = await self._list(f"{env_prefix(env_id)}checkpoints/")
-        versions = sorted(v for k in keys if k.endswith(".pt") and (v := version_of(k)) is not None)
+        return sorted(v for k in keys if k.endswith(".pt") and (v := version_of(k)) is not None)
+
+    async def prune_checkpoints(self, env_id: str, keep: int) -> list[int]:
+        # Oldest first: a prune cut short still leaves the newest ones.
+        old = (await self._checkpoint_versions(env_id))[:-keep]
+        for version in old:
+            await self._delete(checkpoint_key(env_id, version))
+        return old
+
+    async def latest_checkpoint(self, env_id: str) -> tuple[int, bytes] | None:
+        versions = await self._checkpoint_versions(env_id)
         for version in reversed(versions):
             data = await self._get(checkpoint_key(env_id, version))
             if data is not None:

@@ -33,6 +33,9 @@ class LocalModelStore(ObjectModelStore):
     async def _put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         return await asyncio.to_thread(_write, self._path(key), data, if_absent)
 
+    async def _delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+
     async def _list(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
         if not folder.is_dir():

@@ -169,6 +169,12 @@ class S3ModelStore(ObjectModelStore):
             raise self._unavailable(f"put {key}: {_code(exc)}") from None
         return True
 
+    async def _delete(self, key: str) -> None:
+        try:
+            await self._call(self._s3.delete_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise self._unavailable(f"delete {key}: {_code(exc)}") from None
+
     async def _list(self, prefix: str) -> list[str]:
         keys, token = [], None
         while True:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from shared.config import StorageConfig
 from shared.games import Game
-from shared.replay.rows import WriteResult
+from shared.replay.rows import DroppedPart, WriteResult
 from shared.transitions import Transitions
 
 
@@ -24,6 +24,13 @@ class Replay(Protocol):
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
         """`(batch_id, env_id, actor_id, rows)` per message; one transaction, each batch
         id stored at most once."""
+
+    async def enforce_retention(self) -> list[DroppedPart]:
+        """Drop what lies beyond `storage.retain_positions` (whole partitions, each one's
+        counts recorded first) and ledger entries beyond its horizon; what was dropped."""
+
+    async def dropped(self) -> list[DroppedPart]:
+        """The record of everything retention dropped, oldest first."""
 
     async def count(self, env_id: str) -> int: ...
 
@@ -45,4 +52,4 @@ def open_replay(storage: StorageConfig, game: Game) -> Replay:
     return PostgresReplay(storage, game)
 
 
-__all__ = ["Replay", "ReplayUnavailable", "WriteResult", "open_replay"]
+__all__ = ["DroppedPart", "Replay", "ReplayUnavailable", "WriteResult", "open_replay"]

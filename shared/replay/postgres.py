@@ -16,11 +16,24 @@ probes the unique index once more.
 No index on env_id: one pipeline (one game) writes a table, so the queries by id are
 served by the primary key, and an (env_id, id) index cost about a quarter of the COPY
 rate when measured; only `count` scans the table.
+
+Bounded: the table is range-partitioned on `id` (`<table>_p<first id>`, each
+`storage.partition_positions` ids wide, created ahead of the sequence by the writer).
+Retention (`enforce_retention`, run by ingest) drops the oldest partition whole once the
+newer ones hold `storage.retain_positions` rows: a catalog change, never a DELETE of
+millions of rows. Each dropped partition's counts go to `<table>_dropped` first. A
+partitioned table's unique constraints must contain the partition key, so the table-wide
+`UNIQUE (game_id, ply)` became one per partition; exactly-once rests on the ledger, which
+is not partitioned (its primary key stays global) and is pruned by age only
+(`storage.ledger_retention_hours` behind its newest entry, in small deletes: it holds one
+row per message, not per position). A table from before partitioning is migrated in
+place: it becomes the first partition (`<table>_p0`), nothing is copied.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -29,7 +42,7 @@ import numpy as np
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import WriteResult, decode_rows
+from shared.replay.rows import DroppedPart, WriteResult, decode_rows
 from shared.retry import Link, Refused, reach
 from shared.transitions import Transitions
 
@@ -37,6 +50,17 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value"]
 MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
+PARTITION_LOCK = MIGRATION_LOCK + 1  # creating partitions: one writer at a time
+RETENTION_LOCK = MIGRATION_LOCK + 2  # dropping partitions, pruning the ledger: one service at a time
+# DDL on the partitioned table waits at most this for its lock, so that it never sits in
+# the lock queue in front of ingest's writes and the trainer's reads for long; it is
+# tried again on the next pass.
+DDL_LOCK_TIMEOUT = "2s"
+LEDGER_PRUNE_CHUNK = 10_000  # ledger rows per DELETE
+LEDGER_PRUNE_CHUNKS = 10  # DELETEs per retention pass at most
+# The longest partition name `<table>_p<first id>` must fit PostgreSQL's 63-byte names.
+MAX_TABLE_NAME = 63 - len(f"_p{2**63}")
+_BOUND = re.compile(r"FROM \('?(MINVALUE|-?\d+)'?\) TO \('?(MAXVALUE|-?\d+)'?\)")
 # What a call raises while the server is away or refuses for now (connection lost,
 # restarting, table missing): raised to callers as ReplayUnavailable.
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -48,8 +72,18 @@ class PostgresReplay:
         self.connect_attempts = storage.connect_attempts
         # Validated against the config's identifier pattern, and quoted all the same.
         self.name = storage.replay_table
+        if len(self.name) > MAX_TABLE_NAME:
+            raise ValueError(f"storage.replay_table {self.name!r} is too long for PostgreSQL: at most "
+                             f"{MAX_TABLE_NAME} characters (its partitions are named <table>_p<first id>)")
         self.table = f'"{self.name}"'
         self.ledger = f'"{self.name}_batches"'
+        self.sequence = f'"{self.name}_id_seq"'
+        self.dropped_table = f'"{self.name}_dropped"'
+        self.retain = storage.retain_positions
+        self.partition_size = storage.partition_positions
+        self.ledger_horizon_s = storage.ledger_retention_hours * 3600
+        self._covered_until = 0  # ids below this have a partition (as last seen)
+        self._sealed_rows: dict[str, int] = {}  # rows of partitions the sequence has passed
         self.game = game
         self.pool: asyncpg.Pool | None = None
         self.link = Link(f"PostgreSQL at {mask_url(self.url)}", log)
@@ -105,38 +139,192 @@ class PostgresReplay:
             await admin.close()
 
     async def _migrate(self) -> None:
-        """Create what is missing. Services start together: the advisory lock makes
-        concurrent migrations take turns (CREATE ... IF NOT EXISTS alone can still
-        collide on the catalog)."""
-        t = self.table
+        """Create what is missing, partition a table from before partitioning. Services
+        start together: the advisory lock makes concurrent migrations take turns (CREATE
+        ... IF NOT EXISTS alone can still collide on the catalog)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", self.table)
+            if kind == "r":
+                await self._partition_existing(conn)
+            elif kind is None:
+                await conn.execute(f"""
+                    CREATE SEQUENCE IF NOT EXISTS {self.sequence};
+                    {self._create_parent_sql()};
+                    ALTER SEQUENCE {self.sequence} OWNED BY {self.table}.id;
+                """)
             await conn.execute(f"""
-                CREATE TABLE IF NOT EXISTS {t} (
-                    id bigserial PRIMARY KEY,
-                    env_id text NOT NULL,
-                    game_id uuid NOT NULL,
-                    ply smallint NOT NULL,
-                    actor_id text NOT NULL,
-                    model_version integer NOT NULL,
-                    created_at timestamptz NOT NULL DEFAULT now(),
-                    observation bytea NOT NULL,
-                    legal_mask bytea NOT NULL,
-                    policy bytea NOT NULL,
-                    value real NOT NULL,
-                    UNIQUE (game_id, ply)
-                );
                 CREATE TABLE IF NOT EXISTS {self.ledger} (
                     batch_id text PRIMARY KEY,
                     rows integer NOT NULL,
                     ingested_at timestamptz NOT NULL DEFAULT now()
                 );
+                CREATE INDEX IF NOT EXISTS "{self.name}_batches_ingested_at" ON {self.ledger} (ingested_at);
+                CREATE TABLE IF NOT EXISTS {self.dropped_table} (
+                    partition text PRIMARY KEY,
+                    first_id bigint NOT NULL,
+                    end_id bigint NOT NULL,
+                    rows bigint NOT NULL,
+                    positions bigint NOT NULL,
+                    games bigint NOT NULL,
+                    dropped_at timestamptz NOT NULL DEFAULT now()
+                );
             """)
+        await self._make_room(0)
+
+    def _create_parent_sql(self) -> str:
+        return f"""
+            CREATE TABLE {self.table} (
+                id bigint NOT NULL DEFAULT nextval('{self.sequence}'),
+                env_id text NOT NULL,
+                game_id uuid NOT NULL,
+                ply smallint NOT NULL,
+                actor_id text NOT NULL,
+                model_version integer NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                observation bytea NOT NULL,
+                legal_mask bytea NOT NULL,
+                policy bytea NOT NULL,
+                value real NOT NULL,
+                PRIMARY KEY (id)
+            ) PARTITION BY RANGE (id)"""
+
+    async def _partition_existing(self, conn) -> None:
+        """The unpartitioned table of an earlier version becomes the first partition,
+        covering every id it holds or its sequence handed out: renamed (with its
+        constraints, whose names the new table wants) and attached, no row copied (the
+        attach reads it once to check the bound)."""
+        first = f"{self.name}_p0"
+        end = await conn.fetchval(
+            f"SELECT greatest((SELECT coalesce(max(id), 0) FROM {self.table}),"
+            f" (SELECT last_value FROM {self.sequence})) + 1")
+        constraints = await conn.fetch("SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass", self.table)
+        await conn.execute(f'ALTER TABLE {self.table} RENAME TO "{first}"')
+        for c in constraints:
+            if c["conname"].startswith(self.name):
+                await conn.execute(f'ALTER TABLE "{first}" RENAME CONSTRAINT "{c["conname"]}"'
+                                   f' TO "{first}{c["conname"][len(self.name):]}"')
+        await conn.execute(f"""
+            {self._create_parent_sql()};
+            ALTER SEQUENCE {self.sequence} OWNED BY {self.table}.id;
+            ALTER TABLE {self.table} ATTACH PARTITION "{first}" FOR VALUES FROM (MINVALUE) TO ({int(end)});
+        """)
+        log.info("partitioned table %s: its %d ids so far are partition %s", self.name, end - 1, first)
+
+    async def _partitions(self, conn) -> list[tuple[str, int, int]]:
+        """`(name, first id, end id)` of every partition, oldest first."""
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass", self.table)
+        parts = []
+        for r in rows:
+            lo, hi = _BOUND.search(r["bound"]).groups()
+            parts.append((r["relname"], 0 if lo == "MINVALUE" else int(lo), 2**63 - 1 if hi == "MAXVALUE" else int(hi)))
+        return sorted(parts, key=lambda p: p[1])
+
+    async def _make_room(self, rows: int) -> None:
+        """Make sure partitions exist for the next `rows` ids and a whole partition
+        beyond, creating them when less is left (once per partition, not per write)."""
+        with self._call():
+            last = await self.pool.fetchval(f"SELECT last_value FROM {self.sequence}")
+            if last + rows + self.partition_size < self._covered_until:
+                return
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+                    await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+                    parts = await self._partitions(conn)
+                    end = parts[-1][2] if parts else last // self.partition_size * self.partition_size
+                    while end < last + rows + 2 * self.partition_size:
+                        await conn.execute(
+                            f'CREATE TABLE "{self.name}_p{end}" PARTITION OF {self.table} (UNIQUE (game_id, ply))'
+                            f" FOR VALUES FROM ({end}) TO ({end + self.partition_size})")
+                        end += self.partition_size
+                    self._covered_until = end
+            except asyncpg.LockNotAvailableError:
+                # The table was busy; enough room for this write is all that must be there.
+                if last + rows >= self._covered_until:
+                    raise
+                log.debug("could not create the next partition now (table busy); trying again later")
+
+    # -- retention ---------------------------------------------------------------------
+    async def enforce_retention(self) -> list[DroppedPart]:
+        """Drop the oldest partitions while the newer ones hold `retain_positions` rows
+        (recording each one's counts first), and forget ledger entries older than the
+        horizon. Returns what was dropped. Only the partitions the sequence has passed
+        are counted (each once); the one being filled counts as empty, so at least
+        `retain_positions` rows always remain."""
+        dropped: list[DroppedPart] = []
+        with self._call():
+            async with self.pool.acquire() as conn:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
+                    return dropped  # another service is at it
+                try:
+                    await self._drop_old_partitions(conn, dropped)
+                    await self._prune_ledger(conn)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        return dropped
+
+    async def _drop_old_partitions(self, conn, dropped: list[DroppedPart]) -> None:
+        last = await conn.fetchval(f"SELECT last_value FROM {self.sequence}")
+        sealed = [p for p in await self._partitions(conn) if p[2] <= last + 1]
+        for name, *_ in sealed:
+            if name not in self._sealed_rows:
+                self._sealed_rows[name] = await conn.fetchval(f'SELECT count(*) FROM "{name}"')
+        newer = sum(self._sealed_rows[name] for name, *_ in sealed[1:])
+        for i, (name, first_id, end_id) in enumerate(sealed[:-1]):
+            if newer < self.retain:
+                return
+            try:
+                async with conn.transaction():
+                    # Counted before the lock (no id in it is handed out any more), so
+                    # the lock is held only for the catalog change.
+                    counts = await conn.fetchrow(
+                        f'SELECT count(*) AS rows, count(DISTINCT (game_id, ply)) AS positions,'
+                        f' count(DISTINCT game_id) AS games FROM "{name}"')
+                    await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+                    # The parent first, as every reader and writer locks it: no deadlock.
+                    await conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+                    await conn.execute(
+                        f"INSERT INTO {self.dropped_table} (partition, first_id, end_id, rows, positions, games)"
+                        " VALUES ($1, $2, $3, $4, $5, $6)",
+                        name, first_id, end_id, counts["rows"], counts["positions"], counts["games"])
+                    await conn.execute(f'DROP TABLE "{name}"')
+            except asyncpg.LockNotAvailableError:
+                log.debug("could not drop partition %s now (table busy); trying again later", name)
+                return
+            part = DroppedPart(name, first_id, end_id, counts["rows"], counts["positions"], counts["games"])
+            dropped.append(part)
+            del self._sealed_rows[name]
+            log.info("dropped partition %s (ids %d to %d: %d positions of %d games); at least %d positions kept",
+                     name, first_id, end_id - 1, part.rows, part.games, newer)
+            newer -= self._sealed_rows[sealed[i + 1][0]]  # what is newer than the next one
+
+    async def _prune_ledger(self, conn) -> None:
+        """Forget batch ids stored more than the horizon before the newest one, a chunk
+        at a time (each pass removes about what arrived since the last one)."""
+        for _ in range(LEDGER_PRUNE_CHUNKS):
+            status = await conn.execute(
+                f"DELETE FROM {self.ledger} WHERE batch_id IN (SELECT batch_id FROM {self.ledger}"
+                f" WHERE ingested_at < (SELECT max(ingested_at) FROM {self.ledger}) - make_interval(secs => $1)"
+                f" LIMIT $2)", self.ledger_horizon_s, LEDGER_PRUNE_CHUNK)
+            if int(status.rsplit(" ", 1)[-1]) < LEDGER_PRUNE_CHUNK:
+                return
+
+    async def dropped(self) -> list[DroppedPart]:
+        """Every partition retention dropped, oldest first, with its counts."""
+        with self._call():
+            rows = await self.pool.fetch(
+                f"SELECT partition, first_id, end_id, rows, positions, games FROM {self.dropped_table} ORDER BY first_id")
+        return [DroppedPart(*r) for r in rows]
 
     # -- writing -----------------------------------------------------------------------
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
         """Store the batches not stored before, in one transaction."""
         unique = {b[0]: b for b in batches}  # the same message twice in one flush
+        # Room for twice the rows: the fallback below takes ids for its staging copy too.
+        await self._make_room(2 * sum(len(b[3]) for b in unique.values()))
         with self._call():
             async with self.pool.acquire() as conn, conn.transaction():
                 new = await conn.fetch(
@@ -163,7 +351,8 @@ class PostgresReplay:
         await self.copy(conn, staging, data)
         cols = ", ".join(COLUMNS)
         status = await conn.execute(
-            f'INSERT INTO {self.table} ({cols}) SELECT {cols} FROM "{staging}" ON CONFLICT (game_id, ply) DO NOTHING')
+            # No conflict target: the unique indexes are the partitions' own (game_id, ply).
+            f'INSERT INTO {self.table} ({cols}) SELECT {cols} FROM "{staging}" ON CONFLICT DO NOTHING')
         return int(status.rsplit(" ", 1)[-1])
 
     @staticmethod

@@ -16,6 +16,18 @@ class WriteResult:
     duplicate_batches: int  # batches skipped because they were stored before
 
 
+@dataclass(frozen=True)
+class DroppedPart:
+    """A part of the replay that retention dropped, as counted just before: the record
+    that lets an audit account for positions no longer in the table."""
+    name: str  # the partition (PostgreSQL) or id range (SQLite)
+    first_id: int  # ids first_id <= id < end_id
+    end_id: int
+    rows: int
+    positions: int  # distinct (game_id, ply): rows minus duplicates
+    games: int  # distinct game ids
+
+
 def row_bytes(a: np.ndarray) -> list[bytes]:
     """One `bytes` per row of `a` (the cell value of a bytea/BLOB column): one
     `tobytes()` for the whole array, sliced, is several times faster than one per row."""

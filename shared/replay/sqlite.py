@@ -4,6 +4,12 @@ Same contract as the PostgreSQL store: a flush is one transaction, a batch id al
 the ledger is skipped (exactly once), rows come back in id order. SQLite calls run in a
 worker thread so the event loop never waits on the disk; WAL mode lets the trainer read
 while ingest writes, and a killed process leaves the file consistent.
+
+Bounded like the PostgreSQL store: `enforce_retention` deletes the oldest rows a whole
+step of `storage.partition_positions` ids at a time (one range delete on the primary
+key, recorded in `<table>_dropped` first) once `storage.retain_positions` newer rows
+remain, and forgets ledger entries older than `storage.ledger_retention_hours`. SQLite
+reuses the freed pages, so the file stops growing (it never shrinks without VACUUM).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from shared.config import StorageConfig
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import WriteResult, decode_rows, row_bytes
+from shared.replay.rows import DroppedPart, WriteResult, decode_rows, row_bytes
 from shared.retry import Backoff, Link, retry
 from shared.transitions import Transitions
 
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 # trainer open it at the same moment): try again for a few seconds.
 SETUP_BACKOFF = Backoff(first=0.05, max=0.5)
 SETUP_ATTEMPTS = 15
+LEDGER_PRUNE_CHUNK = 10_000  # ledger rows per DELETE, at most one per retention pass
 
 
 class SqliteReplay:
@@ -33,6 +40,9 @@ class SqliteReplay:
         self.path = Path(storage.sqlite_path)
         self.table = storage.replay_table  # validated identifier
         self.game = game
+        self.retain = storage.retain_positions
+        self.step = storage.partition_positions
+        self.ledger_horizon_s = storage.ledger_retention_hours * 3600
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one statement sequence at a time on the connection
         self.link = Link(f"SQLite file {self.path}", log)
@@ -67,6 +77,11 @@ class SqliteReplay:
             CREATE TABLE IF NOT EXISTS {self.table}_batches (
                 batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,
                 ingested_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+            CREATE INDEX IF NOT EXISTS {self.table}_batches_ingested_at ON {self.table}_batches (ingested_at);
+            CREATE TABLE IF NOT EXISTS {self.table}_dropped (
+                partition TEXT PRIMARY KEY, first_id INTEGER NOT NULL, end_id INTEGER NOT NULL,
+                rows INTEGER NOT NULL, positions INTEGER NOT NULL, games INTEGER NOT NULL,
+                dropped_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
         """)
 
     async def _run(self, fn, *args):
@@ -105,6 +120,51 @@ class SqliteReplay:
             db.execute("ROLLBACK")
             raise
         return WriteResult(inserted_rows=inserted, duplicate_batches=duplicates)
+
+    # -- retention ---------------------------------------------------------------------
+    async def enforce_retention(self) -> list[DroppedPart]:
+        """Delete the oldest whole steps of ids that lie beyond the newest
+        `retain_positions` rows (each recorded first); prune the ledger. Returns what
+        was deleted."""
+        return await self._run(self._enforce_retention)
+
+    def _enforce_retention(self) -> list[DroppedPart]:
+        db, t, dropped = self._db, self.table, []
+        # The newest row that retention may delete: `retain` rows are newer than it.
+        beyond = db.execute(f"SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET ?", (self.retain,)).fetchone()
+        if beyond is not None:
+            first = db.execute(f"SELECT min(id) FROM {t}").fetchone()[0] // self.step * self.step
+            while first + self.step - 1 <= beyond[0]:
+                end = first + self.step
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows, positions, games = db.execute(
+                        f"SELECT count(*), count(DISTINCT hex(game_id) || ':' || ply), count(DISTINCT game_id)"
+                        f" FROM {t} WHERE id >= ? AND id < ?", (first, end)).fetchone()
+                    part = DroppedPart(f"{t} ids {first}-{end - 1}", first, end, rows, positions, games)
+                    db.execute(f"INSERT INTO {t}_dropped (partition, first_id, end_id, rows, positions, games)"
+                               " VALUES (?, ?, ?, ?, ?, ?)", (part.name, first, end, rows, positions, games))
+                    db.execute(f"DELETE FROM {t} WHERE id >= ? AND id < ?", (first, end))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                dropped.append(part)
+                log.info("deleted ids %d to %d (%d positions of %d games): beyond the newest %d",
+                         first, end - 1, rows, games, self.retain)
+                first = end
+        db.execute(
+            f"DELETE FROM {t}_batches WHERE rowid IN (SELECT rowid FROM {t}_batches WHERE ingested_at <"
+            f" datetime((SELECT max(ingested_at) FROM {t}_batches), ?) LIMIT ?)",
+            (f"-{self.ledger_horizon_s:.0f} seconds", LEDGER_PRUNE_CHUNK))
+        return dropped
+
+    async def dropped(self) -> list[DroppedPart]:
+        """Every id range retention deleted, oldest first, with its counts."""
+        rows = await self._run(lambda: self._db.execute(
+            f"SELECT partition, first_id, end_id, rows, positions, games FROM {self.table}_dropped"
+            " ORDER BY first_id").fetchall())
+        return [DroppedPart(*r) for r in rows]
 
     # -- reading -----------------------------------------------------------------------
     async def count(self, env_id: str) -> int:

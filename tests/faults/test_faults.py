@@ -20,7 +20,7 @@ import aio_pika
 import pytest
 
 from shared.messages import ReloadRequest, encode_event
-from shared.model_store import open_model_store
+from shared.model_store import ServingPointer, open_model_store
 from tests.faults.live import Audit, LivePipeline, env_for
 from tests.faults.proxy import TcpProxy
 
@@ -165,20 +165,32 @@ async def queue_depth(config) -> int:
 # -- 1. RabbitMQ --------------------------------------------------------------------
 
 
-async def test_rabbitmq_restart(pipeline, proxies):
+async def test_rabbitmq_restart(pipeline, proxies, config):
     p = pipeline
     await start(p)
-    await wait_for_model(p, newer_than=0)
+    await wait_for_model(p, newer_than=1)
+    actors = ("actor-1", "actor-2")
+    for a in actors:  # every actor past model 1, so that serving 1 again shows
+        await p.wait_for(f"{a} on model 2 or newer", lambda a=a: max(updates(p, a), default=0) >= 2)
 
     await proxies["rabbitmq"].cut()  # every connection dropped, new ones refused
+    # A rollback decided while the broker is away (the evaluator's serving pointer): no
+    # actor can hear of it, so each one asks the store when it is back.
+    async with open_model_store(config.storage) as store:
+        await store.put_serving(config.common.env_id, ServingPointer(version=1, hold=True, reason="fault test"))
     await asyncio.sleep(OUTAGE_S)
     await proxies["rabbitmq"].restore()
+    for a in actors:
+        await p.wait_for(f"{a} to serve the held model 1 after reconnecting",
+                         lambda a=a: "Model updated to version 1 (caught up after a reconnect" in p.services[a].log())
     recovery = await end_to_end_progress(p)
     for name in p.services:  # every service had the broker back (before they stop)
         await p.wait_for(f"{name} to have RabbitMQ back", lambda n=name: outage_lines(p, n, r"RabbitMQ at \S+")[1])
     await finish(p, "rabbitmq restart", recovery)
     # The outage was real: publishes failed and were retried under the same batch id.
     assert any(publish_retries(p, a) > 0 for a in ("actor-1", "actor-2"))
+    for a in actors:  # still holding: the models published since were not served
+        assert updates(p, a)[-1] == 1, updates(p, a)
     # One line when the broker was lost and one when it was back, per service.
     for name in p.services:
         assert outage_lines(p, name, r"RabbitMQ at \S+") == (1, 1), f"{name}: {p.services[name].log()[-3000:]}"

@@ -1,0 +1,277 @@
+"""Bounded storage on the real PostgreSQL (and the SQLite file of `cartridge up`):
+retention drops whole partitions past `storage.retain_positions`, records each one's
+counts first, and exactly-once (the batch ledger) and the trainer's window hold across
+the drops; an unpartitioned table from an earlier version is partitioned in place; the
+dead-letter queue is bounded on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import asyncpg
+import numpy as np
+import pytest
+
+import services.ingest.service as ingest_module
+from services.ingest.service import IngestService
+from services.trainer.window import ReplayWindow
+from shared.bus import MemoryBus
+from shared.bus.rabbitmq import connect, declare_topology
+from shared.games import get_game
+from shared.games.random_play import random_games
+from shared.replay import open_replay
+from shared.replay.postgres import COLUMNS, PostgresReplay, copy_data
+from shared.transitions import Transitions
+from tests.helpers import message, wait_until
+
+GAME = get_game("tictactoe")
+ENV = "tictactoe"
+PART = 100  # positions per partition
+RETAIN = 300
+WINDOW = 200
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def config(request, make_config):
+    return make_config(
+        storage={"replay_backend": request.param, "retain_positions": RETAIN, "partition_positions": PART},
+        training={"window_size": WINDOW})
+
+
+def batches(first: int, count: int, seed: int) -> list[tuple[str, str, str, Transitions]]:
+    """`count` one-game batches with ids `b<first>`, `b<first + 1>`, ..."""
+    games = random_games(ENV, games=count, seed=seed)
+    return [(f"b{first + i}", ENV, "test", g) for i, g in enumerate(games)]
+
+
+async def _ids(config) -> list[int]:
+    if config.storage.replay_backend == "sqlite":
+        import sqlite3
+        with sqlite3.connect(config.storage.sqlite_path) as db:
+            return [r[0] for r in db.execute("SELECT id FROM transitions ORDER BY id")]
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        return [r["id"] for r in await conn.fetch("SELECT id FROM transitions ORDER BY id")]
+    finally:
+        await conn.close()
+
+
+async def partitions(config) -> list[str]:
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        rows = await conn.fetch("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                " WHERE i.inhparent = 'transitions'::regclass ORDER BY 1")
+        return [r["relname"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_whole_partitions_are_dropped_and_duplicates_still_caught(config):
+    written = 0
+    async with open_replay(config.storage, GAME) as replay:
+        all_batches = batches(0, 400, seed=1)
+        for i in range(0, len(all_batches), 20):
+            written += (await replay.write(all_batches[i:i + 20])).inserted_rows
+            await replay.enforce_retention()
+        dropped = await replay.dropped()
+        kept = await replay.count(ENV)
+
+        # Bounded: at least the retention, at most about two partitions more.
+        assert len(dropped) >= 3
+        assert RETAIN <= kept <= RETAIN + 3 * PART
+        # Every position is either in the table or counted in the record of a drop.
+        assert sum(d.rows for d in dropped) + kept == written
+        assert all(d.positions == d.rows for d in dropped)  # nothing doubled in them
+        assert all(0 < d.games <= d.rows for d in dropped)
+        # Whole ranges went: nothing below the newest drop's end is left.
+        ids = await _ids(config)
+        assert min(ids) >= dropped[-1].end_id
+        assert [d.end_id for d in dropped[:-1]] == [d.first_id for d in dropped[1:]]
+        if config.storage.replay_backend == "postgres":
+            left = await partitions(config)
+            assert not {d.name for d in dropped} & set(left)
+            assert all(n.startswith("transitions_p") for n in left)
+
+        # Exactly once across the drops: batches whose rows were dropped long ago, and
+        # recent ones, delivered again, are recognised by the ledger and not stored.
+        again = await replay.write([all_batches[0], all_batches[1], all_batches[-1]])
+        assert again.inserted_rows == 0 and again.duplicate_batches == 3
+        assert await replay.count(ENV) == kept
+
+        # The trainer still finds a whole window: a fresh one (a restarted trainer) loads it.
+        window = ReplayWindow(GAME, WINDOW)
+        await window.refresh(replay)
+        assert window.filled == WINDOW and window.last_id == ids[-1]
+
+
+async def test_the_ledger_forgets_only_what_is_older_than_its_horizon(make_config):
+    config = make_config(storage={"ledger_retention_hours": 1.0})
+    async with open_replay(config.storage, GAME) as replay:
+        old, new = batches(0, 5, seed=2), batches(5, 5, seed=3)
+        await replay.write(old)
+        await replay.write(new)
+        conn = await asyncpg.connect(config.storage.postgres_url)
+        try:  # the old batches were stored two hours before the newest
+            await conn.execute("UPDATE transitions_batches SET ingested_at = now() - interval '2 hours'"
+                               " WHERE batch_id = ANY($1::text[])", [b[0] for b in old])
+            await replay.enforce_retention()
+            left = {r["batch_id"] for r in await conn.fetch("SELECT batch_id FROM transitions_batches")}
+        finally:
+            await conn.close()
+        assert left == {b[0] for b in new}
+        assert (await replay.write(new)).duplicate_batches == 5
+
+
+async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
+    """A writer that enforces retention after every flush and a trainer window that
+    refreshes and samples, at the same time on the same database."""
+    rng = np.random.default_rng(0)
+    done = asyncio.Event()
+    samples = 0
+
+    async def write() -> None:
+        async with open_replay(config.storage, GAME) as replay:
+            all_batches = batches(0, 600, seed=4)
+            for i in range(0, len(all_batches), 10):
+                await replay.write(all_batches[i:i + 10])
+                await replay.enforce_retention()
+                await asyncio.sleep(0)
+        done.set()
+
+    async def train() -> ReplayWindow:
+        nonlocal samples
+        async with open_replay(config.storage, GAME) as replay:
+            window = ReplayWindow(GAME, WINDOW)
+            while True:
+                finished = done.is_set()
+                await window.refresh(replay)
+                if window.filled:
+                    obs, policy, value = window.sample(32, rng)
+                    assert obs.shape == (32, *GAME.obs_shape)
+                    np.testing.assert_allclose(policy.sum(axis=1), 1, rtol=1e-5)
+                    samples += 1
+                if finished:
+                    return window
+                await asyncio.sleep(0.01)
+
+    _, window = await asyncio.gather(write(), train())
+    async with open_replay(config.storage, GAME) as replay:
+        dropped = await replay.dropped()
+        last_id, newest = await replay.fetch_newest(ENV, WINDOW)
+    assert len(dropped) >= 3 and samples > 10
+    # The window caught up with every row written and holds exactly the newest ones.
+    assert window.last_id == last_id and window.filled == WINDOW
+    order = (window.write + np.arange(WINDOW)) % WINDOW  # ring order, oldest first
+    np.testing.assert_array_equal(window.value[order], newest.value)
+    np.testing.assert_array_equal(window.observation[order], newest.observation)
+
+
+async def test_an_unpartitioned_table_is_partitioned_in_place(make_config):
+    config = make_config(storage={"retain_positions": RETAIN, "partition_positions": PART},
+                         training={"window_size": WINDOW})
+    old = batches(0, 60, seed=5)
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:  # the schema and data of the version before partitioning
+        await conn.execute("""
+            CREATE TABLE transitions (
+                id bigserial PRIMARY KEY, env_id text NOT NULL, game_id uuid NOT NULL, ply smallint NOT NULL,
+                actor_id text NOT NULL, model_version integer NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(), observation bytea NOT NULL,
+                legal_mask bytea NOT NULL, policy bytea NOT NULL, value real NOT NULL, UNIQUE (game_id, ply));
+            CREATE TABLE transitions_batches (
+                batch_id text PRIMARY KEY, rows integer NOT NULL, ingested_at timestamptz NOT NULL DEFAULT now());
+        """)
+        await conn.executemany("INSERT INTO transitions_batches (batch_id, rows) VALUES ($1, $2)",
+                               [(b[0], len(b[3])) for b in old])
+        await PostgresReplay.copy(conn, "transitions", copy_data(old))
+        before = await conn.fetch(f"SELECT id, {', '.join(COLUMNS)} FROM transitions ORDER BY id")
+    finally:
+        await conn.close()
+
+    for _ in range(2):  # opened twice: the second time there is nothing to do
+        async with open_replay(config.storage, GAME) as replay:
+            assert await replay.count(ENV) == len(before)
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'transitions'")
+        after = await conn.fetch(f"SELECT id, {', '.join(COLUMNS)} FROM transitions ORDER BY id")
+        legacy = await conn.fetchval("SELECT count(*) FROM transitions_p0")
+    finally:
+        await conn.close()
+    assert kind == "p"  # partitioned
+    assert [tuple(r) for r in after] == [tuple(r) for r in before]  # every row as it was
+    assert legacy == len(before)  # the old table is the first partition
+
+    async with open_replay(config.storage, GAME) as replay:
+        # The old ledger still catches a redelivery; new rows continue the ids.
+        assert (await replay.write(old[:3])).duplicate_batches == 3
+        new = batches(100, 200, seed=6)
+        for i in range(0, len(new), 20):
+            await replay.write(new[i:i + 20])
+            await replay.enforce_retention()
+        ids = await _ids(config)
+        dropped = await replay.dropped()
+    assert ids[0] > before[-1]["id"]
+    # The old table went first, whole, once enough newer rows were there.
+    assert dropped[0].name == "transitions_p0" and dropped[0].rows == len(before)
+    assert "transitions_p0" not in await partitions(config)
+
+
+async def test_ingest_drops_partitions_and_still_skips_redeliveries(config, monkeypatch):
+    monkeypatch.setattr(ingest_module, "RETENTION_EVERY_S", 0.05)
+    bus = MemoryBus()
+    games = random_games(ENV, games=300, seed=7)
+    bodies = [message(g, batch_id=f"m{i:05d}") for i, g in enumerate(games)]
+    ingest = IngestService(config, bus=bus)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop))
+    try:
+        for batch_id, body in bodies:
+            await bus.publish_transitions(body, message_id=batch_id)
+        await wait_until(lambda: ingest.stats.dropped_partitions >= 3, "three partitions dropped", tasks=[task])
+        rows = ingest.stats.rows
+        for batch_id, body in bodies[:5]:  # redelivered after their rows were dropped
+            await bus.publish_transitions(body, message_id=batch_id)
+        await wait_until(lambda: ingest.stats.duplicates == 5, "the redeliveries skipped", tasks=[task])
+        assert ingest.stats.rows == rows == sum(len(g) for g in games)
+        status = ingest.status()
+        assert status.dropped_partitions == ingest.stats.dropped_partitions
+        async with open_replay(config.storage, GAME) as replay:
+            assert status.dropped_rows == sum(d.rows for d in await replay.dropped())
+            assert await replay.count(ENV) + status.dropped_rows == rows
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def test_the_dead_letter_queue_is_bounded_and_counted(make_config, monkeypatch):
+    monkeypatch.setattr(ingest_module, "RETENTION_EVERY_S", 0.05)
+    bound = 4000
+    config = make_config(broker={"max_dead_letter_bytes": bound})
+    junk = [(f"junk-{i}", bytes([i]) * 1000) for i in range(10)]  # not msgpack: dead-lettered
+    connection = await connect(config.broker, name="test publisher")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await declare_topology(channel, config.broker)
+        for batch_id, body in junk:
+            await channel.default_exchange.publish(aio_pika.Message(body, message_id=batch_id),
+                                                   routing_key=config.broker.transitions_queue)
+    ingest = IngestService(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop))
+    try:
+        await wait_until(lambda: ingest.stats.dead_lettered == len(junk), "every message dead-lettered", tasks=[task])
+        depth = await ingest.bus.dead_letter_depth()
+        await wait_until(lambda: ingest.status().dead_letter_depth == depth, "the depth in the status", tasks=[task])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert depth == bound // 1000  # the oldest were dropped at the bound
+    connection = await aio_pika.connect(config.broker.url)
+    async with connection:
+        queue = await (await connection.channel()).declare_queue(config.broker.dead_letter_queue, passive=True)
+        kept = []
+        while (msg := await queue.get(no_ack=True, fail=False)) is not None:
+            kept.append(msg.message_id)
+    assert kept == [b[0] for b in junk[-depth:]]  # the newest stay
