@@ -1,11 +1,13 @@
 """`cartridge ratings [--json]`: every model version's rating and accuracy, as the
 evaluator stored them.
 
-    version    step  published            rating        games  search % e/m/l  policy % e/m/l
-          3    3000  2026-11-27 01:02:03  1245 ± 61        40  77/80/88        45/65/66  <- served
+    version    step  published            rating       vs previous  games  search % e/m/l  policy % e/m/l
+          3    3000  2026-11-27 01:02:03  1245 ± 61    +48 ± 25        40  77/80/88        45/65/66  <- served
 
 Ratings are Elo points above random play, fitted over every stored game (so they sharpen
-as later versions play the earlier ones), ± one standard error; accuracy is the share of
+as later versions play the earlier ones), ± one standard error; `vs previous` is the
+change from the version rated before, ± the error of that difference (smaller than
+either rating's: both share the uncertainty of the anchors' ladder below them); accuracy is the share of
 solver-labelled positions (early / mid / late game) where the move chosen is optimal,
 with search and with the raw policy. `<- served`: the version actors play (a held one
 after a rollback, else the newest). Reads the same config as every command: in a
@@ -46,14 +48,20 @@ async def rows_of(results: Evaluations, config: Config) -> list[dict]:
     newest_ok = max((e.version for e in evaluations if e.status == "ok"), default=None)
     served = held if held is not None else newest_ok
     rows = []
+    previous = None  # the last version rated before this one
     for e in evaluations:
         r = ratings.get(version_name(e.version))
+        gain = ratings.gap(version_name(e.version), version_name(previous)) if r and previous else None
+        previous = e.version if r else previous
         pct = {which: {s: e.accuracy.get(which, {}).get(s, {}).get("optimal_pct") for s in STAGES}
                for which in ("search", "policy")}
         rows.append({"version": e.version, "step": e.step, "status": e.status, "reason": e.reason,
                      "published_at": e.published_at or None, "evaluated_at": e.evaluated_at,
                      "rating": round(r.rating, 1) if r else None, "rating_error": round(r.stderr, 1) if r else None,
-                     "games": int(r.games) if r else 0, "optimal_pct": pct["search"],
+                     "games": int(r.games) if r else 0,
+                     "gain": round(gain.rating, 1) if gain else None,
+                     "gain_error": round(gain.stderr, 1) if gain else None,
+                     "optimal_pct": pct["search"],
                      "policy_optimal_pct": pct["policy"], "cost_cpu_s": e.cost_cpu_s,
                      "served": e.version == served})
     return rows
@@ -64,7 +72,7 @@ def _stages(pct: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'version':>7} {'step':>8}  {'published':<19}  {'rating':<12} {'games':>5}  "
+    lines = [f"{'version':>7} {'step':>8}  {'published':<19}  {'rating':<12} {'vs previous':<12} {'games':>5}  "
              f"{'search % e/m/l':<15} {'policy % e/m/l':<15}"]
     for r in rows:
         published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["published_at"])) if r["published_at"] else "-"
@@ -72,8 +80,9 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {r['status']}: {r['reason']}")
             continue
         rating = f"{r['rating']:.0f} ± {r['rating_error']:.0f}"
+        gain = f"{r['gain']:+.0f} ± {r['gain_error']:.0f}" if r["gain"] is not None else "-"
         mark = "  <- served" if r["served"] else ""
-        lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {rating:<12} {r['games']:>5}  "
+        lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {rating:<12} {gain:<12} {r['games']:>5}  "
                      f"{_stages(r['optimal_pct']):<15} {_stages(r['policy_optimal_pct']):<15}{mark}".rstrip())
     return "\n".join(lines)
 

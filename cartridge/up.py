@@ -10,7 +10,7 @@ process's GIL with ingest and the trainer), storing its results in the same SQLi
 the progress line shows the newest rating and accuracy it announced. The web page is
 served from this process (`cartridge.web.embedded`), its URL printed at start.
 
-Ctrl-C (or SIGTERM) stops it cleanly: actors publish the games they finished, ingest
+Ctrl-C (or SIGTERM, or the end of `--minutes N`) stops it cleanly: actors publish the games they finished, ingest
 stores everything published, the trainer keeps its last checkpoint. The next
 `cartridge up` resumes from the same replay file and the newest checkpoint.
 """
@@ -72,7 +72,10 @@ async def _pipeline(config: Config, args: argparse.Namespace, stop: asyncio.Even
         listen = tasks.create_task(evaluated.follow(await bus.subscribe_events()))
         progress = tasks.create_task(_show_progress(ingest, trainer, evaluated))
 
-        await stop.wait()
+        try:
+            await asyncio.wait_for(stop.wait(), args.minutes * 60 if args.minutes else None)
+        except TimeoutError:
+            log.info("ran for %g minutes (--minutes)", args.minutes)
         log.info("stopping: actors finish publishing, then ingest stores everything, then the trainer stops")
         for w in workers + ([evaluator] if evaluator else []):
             if w.returncode is None:
@@ -163,7 +166,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_configured(_worker, config, argparse.Namespace(role=role), f"cartridge up {role}")
     parser = base_parser("cartridge up", "Run actors, ingest and trainer on this machine, no services needed.")
     parser.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="actor processes (default: one per core)")
+    parser.add_argument("--minutes", type=positive_minutes, default=None,
+                        help="stop cleanly by itself after this many minutes (default: run until Ctrl-C)")
     return run_service(up, parser, argv, defaults=EMBEDDED)
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes > 0, got {text!r}")
+    return minutes
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 # Table and schema names end up in SQL text, so they are held to a strict pattern.
 Identifier = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+# S3's bucket naming rules (3-63 lowercase letters, digits, dots, hyphens): a bad name is
+# a config error at start-up, not an "unreachable" endpoint retried for minutes.
+BucketName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
 
 ENV_PREFIX = "CARTRIDGE_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
@@ -126,7 +129,7 @@ class StorageConfig(_Section):
     """Where model versions and checkpoints are kept."""
     s3_endpoint_url: str = "http://127.0.0.1:9000"
     """S3-compatible endpoint (MinIO, Ceph, AWS); empty means AWS default."""
-    s3_bucket: str = "cartridge"
+    s3_bucket: BucketName = "cartridge"
     """Bucket for models and checkpoints (created if missing)."""
     s3_region: str = "us-east-1"
     """Region sent to the endpoint."""
@@ -350,6 +353,8 @@ def load_config(
     built = {}
     for section, values in raw.items():
         typ = sections[section]
+        for key, value in strings.get(section, {}).items():
+            values[key] = _from_text(typ, key, value)
         try:
             # strict=False lets "200" from the environment become 200, "true" become True.
             built[section] = msgspec.convert(values, typ, strict=not strings.get(section))
@@ -361,6 +366,15 @@ def load_config(
     if config.common.env_id not in GAMES:
         raise ConfigError(f"[common] env_id: unknown game {config.common.env_id!r}; expected one of {sorted(GAMES)}")
     return config
+
+
+def _from_text(section: type, key: str, value: Any) -> Any:
+    """A list-valued key given as text (an environment variable, `--set`) is
+    comma-separated: `CARTRIDGE_EVAL_ANCHORS=random,one-ply,alphabeta-4`."""
+    field = next(f for f in msgspec.structs.fields(section) if f.name == key)
+    if isinstance(value, str) and typing.get_origin(field.type) is tuple:
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
 def _describe(exc: msgspec.ValidationError, section: type) -> str:

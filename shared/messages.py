@@ -9,6 +9,7 @@ Every message carries `schema_version`; a reader rejects versions it does not kn
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Literal
@@ -193,6 +194,24 @@ def decode_event(body: bytes) -> ControlEvent:
             f"(this reader knows {EVENTS_SCHEMA_VERSION})"
         )
     return event
+
+
+_unknown_types_seen: set[tuple[str, str]] = set()
+
+
+def read_event(body: bytes, reader: str, log: logging.Logger) -> ControlEvent | None:
+    """`decode_event` for a listener on the events exchange: None for an event of a type
+    this version does not know (a newer producer's: logged at WARNING once per type and
+    reader, later ones at DEBUG, since such events may come every few seconds);
+    `MessageError` for a malformed event, which the caller reports its own way."""
+    try:
+        return decode_event(body)
+    except UnknownEventType as exc:
+        key = (reader, str(exc))
+        level = logging.DEBUG if key in _unknown_types_seen else logging.WARNING
+        _unknown_types_seen.add(key)
+        log.log(level, "ignored control event: %s (not for %s)", exc, reader)
+        return None
 
 
 # -- heartbeats -------------------------------------------------------------------------

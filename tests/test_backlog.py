@@ -11,8 +11,12 @@ import logging
 import aio_pika
 import pytest
 
+from services.actor.publisher import GamePublisher
 from shared.bus import BacklogFull, MemoryBus, RabbitBus
 from shared.bus.rabbitmq import declare_topology
+from shared.messages import encode_transitions
+from shared.transitions import to_batch
+from tests.helpers import play_games, wait_until
 
 BOUND = 64 * 1024
 BODY = b"x" * 9000  # about one Connect4 game
@@ -80,3 +84,45 @@ async def test_a_queue_declared_without_the_bound_is_used_with_a_warning(make_co
         await declare_topology(channel, config.broker)  # again, on a channel the broker closed once
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(config.broker.transitions_queue in w and "set_policy" in w for w in warning), warning
+
+
+class CountingBus:
+    """The in-memory bus, counting refused publishes per batch."""
+
+    def __init__(self, bus: MemoryBus):
+        self.bus = bus
+        self.refused: dict[str, int] = {}
+
+    async def publish_transitions(self, body: bytes, message_id: str) -> None:
+        try:
+            await self.bus.publish_transitions(body, message_id=message_id)
+        except BacklogFull:
+            self.refused[message_id] = self.refused.get(message_id, 0) + 1
+            raise
+
+
+async def test_a_full_backlog_is_probed_by_one_publish_while_the_others_wait():
+    """Hundreds of publishes in flight must not each retry against a full queue: one
+    probes (with backoff), the rest wait for it, then all go through, none lost."""
+    game = play_games(games=1)[0]
+    body_size = len(encode_transitions(to_batch(game, env_id="tictactoe", actor_id="t")))
+    bus = CountingBus(MemoryBus(max_backlog_bytes=3 * body_size))
+    publisher = GamePublisher(bus, max_unconfirmed=32)
+    batches = [to_batch(game, env_id="tictactoe", actor_id="t") for _ in range(20)]
+    for batch in batches:
+        await publisher.publish(batch)
+    await wait_until(lambda: max(bus.refused.values(), default=0) >= 4, "the prober's fourth try")
+
+    others = [n for n in bus.refused.values() if n < 4]
+    assert len(others) == len(bus.refused) - 1, bus.refused  # exactly one prober
+    assert all(n == 1 for n in others), f"waiting publishes retried on their own: {bus.refused}"
+
+    deliveries = await bus.bus.consume_transitions(prefetch=100)
+    taken = []
+    while len(taken) < len(batches):
+        delivery = await asyncio.wait_for(anext(deliveries), 30)
+        taken.append(delivery.message_id)
+        await delivery.ack()
+    assert await publisher.drain(timeout=30)
+    assert sorted(taken) == sorted(b.batch_id for b in batches)
+    assert publisher.confirmed_batches == len(batches)

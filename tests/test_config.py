@@ -67,6 +67,8 @@ def test_bad_file_values_name_the_key(tmp_path, text, words):
     ({"CARTRIDGE_MCTS_NUM_SIMULATONS": "5"}, ["CARTRIDGE_MCTS_NUM_SIMULATONS", "num_simulatons"]),
     ({"CARTRIDGE_MCTS_NUM_SIMULATIONS": "lots"}, ["num_simulations", "int"]),
     ({"CARTRIDGE_ACTOR_PARALLEL_GAMES": "0"}, ["parallel_games"]),
+    ({"CARTRIDGE_STORAGE_S3_BUCKET": "dl"}, ["s3_bucket"]),
+    ({"CARTRIDGE_STORAGE_S3_BUCKET": "Models_2"}, ["s3_bucket"]),
 ])
 def test_bad_env_values_name_the_key(env, words):
     with pytest.raises(ConfigError) as err:
@@ -141,3 +143,12 @@ def test_an_unreachable_dependency_is_retried_then_a_clear_exit(service, depende
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cartridge {service}:") and str(port) in last, last
+
+
+def test_list_keys_from_text_are_comma_separated():
+    cfg = load_config(environ={"CARTRIDGE_EVAL_ANCHORS": "random, one-ply,alphabeta-3"})
+    assert cfg.eval.anchors == ("random", "one-ply", "alphabeta-3")
+    cfg = load_config(environ={}, overrides=parse_overrides(["eval.anchors=random,alphabeta-5"]))
+    assert cfg.eval.anchors == ("random", "alphabeta-5")
+    with pytest.raises(ConfigError, match="anchors"):
+        load_config(environ={"CARTRIDGE_EVAL_ANCHORS": "one-ply,alphabeta-3"})  # no random

@@ -126,3 +126,41 @@ def test_most_informative_opponents_are_near_in_rating_and_well_known():
     # The less sure we are of the player, the less a near opponent stands out.
     spread = [dict(rank_opponents(650, s, candidates)) for s in (50, 400)]
     assert spread[1]["alphabeta-4"] / spread[1]["random"] < spread[0]["alphabeta-4"] / spread[0]["random"]
+
+
+def _games(a: str, b: str, n: int, score_a: float) -> list:
+    """`n` games of `a` against `b`, `score_a` points in all (wins first, then draws)."""
+    from shared.evaluations import RatingGame
+    wins, draws = int(score_a), round((score_a - int(score_a)) * 2)
+    scores = [1.0] * wins + [0.5] * draws + [0.0] * (n - wins - draws)
+    return [RatingGame(version=0, player_a=a, player_b=b, score_a=s, moves="", a_first=i % 2 == 0)
+            for i, s in enumerate(scores)]
+
+
+# The anchors' ladder as a real run played it: perfect scores low down, close games above.
+LADDER = (_games("one-ply", "random", 20, 20) + _games("alphabeta-2", "one-ply", 20, 20)
+          + _games("alphabeta-4", "alphabeta-2", 20, 11.5) + _games("alphabeta-6", "alphabeta-4", 20, 11))
+
+
+def test_a_version_that_swept_the_weak_anchors_next_meets_strong_ones():
+    """A first version's opening round is a guess; once it has beaten random and one-ply
+    every time, the next round's opponents are the alpha-beta players (close games)."""
+    from services.evaluator.service import choose_opponents, fit
+    swept = LADDER + _games("v1", "random", 10, 10) + _games("v1", "one-ply", 10, 10)
+    assert set(choose_opponents(fit(swept, 1.0), 1)[:2]) <= {"alphabeta-2", "alphabeta-4", "alphabeta-6"}
+    # A version is compared with earlier versions only, never with later ones.
+    later = swept + _games("v2", "v1", 10, 5)
+    assert "v2" not in choose_opponents(fit(later, 1.0), 1) and "v1" in choose_opponents(fit(later, 1.0), 2)
+
+
+def test_a_gap_between_two_players_is_known_better_than_either_rating():
+    """Two strong players share the uncertain ladder below them: the error of their
+    difference comes from their own games only."""
+    from services.evaluator.service import fit
+    games = LADDER + _games("v1", "alphabeta-2", 20, 10) + _games("v2", "v1", 40, 26)
+    ratings = fit(games, 1.0)
+    gain = ratings.gap("v2", "v1")
+    assert gain.rating == pytest.approx(ratings["v2"].rating - ratings["v1"].rating)
+    assert gain.stderr < 0.5 * min(ratings["v1"].stderr, ratings["v2"].stderr)
+    assert 50 < gain.rating < 200 and gain.stderr > 0  # 26/40 is about +108 Elo
+    assert ratings.gap("v1", "v1").stderr == 0

@@ -92,6 +92,21 @@ def test_up_trains_stops_cleanly_and_resumes(tmp_path):
     assert rows2 > rows and rows2 == distinct2  # the same replay file, grown, still no duplicates
 
 
+def test_up_stops_by_itself_after_minutes(tmp_path):
+    """`--minutes N` makes a learning run one command: it stops cleanly on its own."""
+    run = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--actors", "1", "--minutes", "0.25", *SMALL],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ran for 0.25 minutes (--minutes)" in run.stderr
+    assert re.search(r"stopped: \d+ positions stored this run", run.stderr), run.stderr[-2000:]
+
+    bad = subprocess.run([sys.executable, "-m", "cartridge.cli", "up", "--minutes", "0"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--minutes: expected a number of minutes > 0, got '0'" in bad.stderr
+
+
 def test_up_serves_the_web_page_and_prints_its_url(tmp_path):
     port = free_port()
     log = tmp_path / "up.log"

@@ -43,6 +43,12 @@ class GamePublisher:
         # "lost room in the transitions backlog (...); retrying" / "... back after 12 s"
         self.room = Link("room in the transitions backlog", log)
         self.room.ok()
+        # While the backlog is full one publish (the prober) retries; the others wait for
+        # it to get through rather than each retrying on its own, which with hundreds in
+        # flight per actor meant hundreds of refused publishes a second at the broker.
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._prober: asyncio.Task | None = None
 
     @property
     def unconfirmed(self) -> int:
@@ -72,16 +78,35 @@ class GamePublisher:
             if isinstance(exc, BacklogFull):  # ingest is behind: games wait, nothing is lost
                 self.room.failed(str(exc))
 
+        async def attempt() -> None:
+            me = asyncio.current_task()
+            while not self._has_room.is_set() and self._prober not in (None, me):
+                await self._has_room.wait()
+            try:
+                await self._bus.publish_transitions(body, message_id=batch.batch_id)
+            except BacklogFull:
+                self._has_room.clear()
+                self._prober = self._prober or me
+                raise
+            self._room_again(me)
+
         try:
-            await retry(lambda: self._bus.publish_transitions(body, message_id=batch.batch_id),
-                        what=f"publish of batch {batch.batch_id}", errors=BusUnavailable, on_failure=failed)
+            await retry(attempt, what=f"publish of batch {batch.batch_id}", errors=BusUnavailable,
+                        on_failure=failed)
             self.room.ok()
             self.confirmed_batches += 1
             self.confirmed_rows += batch.rows
             if self._confirmed_log is not None:
                 self._confirmed_log.write(audit_line(batch))
         finally:
+            if self._prober is asyncio.current_task():  # cancelled while probing: let another probe
+                self._room_again(self._prober)
             self._slots.release()
+
+    def _room_again(self, task: asyncio.Task | None) -> None:
+        if self._prober is task:
+            self._prober = None
+        self._has_room.set()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything in flight is confirmed; False if `timeout` ran out

@@ -21,7 +21,7 @@ from typing import Callable
 from shared.config import Config
 from shared.games import Game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.messages import MessageError, ModelEvaluated, ModelPublished, ReloadRequest, UnknownEventType, decode_event
+from shared.messages import MessageError, ModelEvaluated, ModelPublished, ReloadRequest, read_event
 from shared.model_store import ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,11 @@ class ModelReloader:
 
     async def _handle(self, body: bytes) -> None:
         try:
-            event = decode_event(body)
-        except UnknownEventType as exc:
-            log.warning("ignored control event: %s (not for actors)", exc)
-            return
+            event = read_event(body, "actors", log)
         except MessageError as exc:
             self._fail(f"ignored control event: {exc}")
+            return
+        if event is None:
             return
         if isinstance(event, ModelEvaluated):
             log.debug("ignored model_evaluated for model %d (not for actors)", event.version)

@@ -78,8 +78,25 @@ def _check_pair(a, b, where: str) -> None:
         raise ValueError(f"{where}: {a!r} cannot play against itself")
 
 
+class Ratings(dict[str, Rating]):
+    """A fit's ratings by player, and their joint uncertainty: two players' errors
+    relative to the anchor share the anchor chain's uncertainty, so the error of their
+    *difference* can be far smaller than either (`gap`)."""
+
+    def __init__(self, ratings: dict[str, Rating], covariance: dict[tuple[str, str], float]):
+        super().__init__(ratings)
+        self._covariance = covariance  # Elo^2, between non-anchor players
+
+    def gap(self, a: str, b: str) -> Rating:
+        """`a`'s rating minus `b`'s, with the standard error of that difference."""
+        var = (self._covariance.get((a, a), 0.0) + self._covariance.get((b, b), 0.0)
+               - 2 * self._covariance.get((a, b), 0.0))
+        return Rating(rating=self[a].rating - self[b].rating, stderr=math.sqrt(max(var, 0.0)),
+                      games=min(self[a].games, self[b].games))
+
+
 def fit_ratings(records: Iterable[PairRecord], anchor: str, prior_draws: float = 1.0,
-                tolerance: float = 1e-9, max_iterations: int = 100) -> dict[str, Rating]:
+                tolerance: float = 1e-9, max_iterations: int = 100) -> Ratings:
     """Elo ratings of every player in `records`, `anchor` at exactly 0.
 
     Every player must be connected to the anchor through games (a group that never met
@@ -131,11 +148,13 @@ def fit_ratings(records: Iterable[PairRecord], anchor: str, prior_draws: float =
     stderr = np.zeros(len(players))
     stderr[free] = np.sqrt(np.diag(covariance))
     played = games.sum(axis=1)
-    return {
+    names = [players[i] for i in free]
+    return Ratings({
         name: Rating(rating=float(theta[i] * ELO_PER_NAT) + 0.0,  # + 0.0: no -0.0
                      stderr=float(stderr[i] * ELO_PER_NAT), games=float(played[i]))
         for name, i in index.items()
-    }
+    }, {(a, b): float(covariance[x, y]) * ELO_PER_NAT ** 2
+        for x, a in enumerate(names) for y, b in enumerate(names)})
 
 
 def _matrices(records: Iterable[PairRecord]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from services.evaluator.match import anchor_player, model_player, play_against
 from services.evaluator.measure import measure
-from services.evaluator.ratings import Rating, fit_ratings, rank_opponents, tally
+from services.evaluator.ratings import Rating, Ratings, fit_ratings, rank_opponents, tally
 from services.evaluator.rollback import decide
 from shared.bus import BusUnavailable, EventPublisher, EventSubscriber, open_bus
 from shared.config import Config, EvalConfig
@@ -33,7 +33,7 @@ from shared.evaluations import Evaluation, Evaluations, RatingGame, open_evaluat
 from shared.games import get_game
 from shared.inference import ModelError, OnnxEvaluator
 from shared.messages import (
-    MessageError, ModelEvaluated, ModelPublished, ReloadRequest, UnknownEventType, decode_event, encode_event,
+    MessageError, ModelEvaluated, ModelPublished, ReloadRequest, encode_event, read_event,
 )
 from shared.model_store import (
     ModelCorrupt, ModelNotFound, ModelStore, ServingPointer, StoreUnavailable, open_model_store,
@@ -45,7 +45,8 @@ from shared.status import EvaluatorStatus, Lifecycle, instance_name
 log = logging.getLogger(__name__)
 
 ANCHOR = "random"  # rated 0: every rating reads "Elo above random play"
-OPPONENTS = 2  # a version's games are split over its most informative opponents
+OPPONENTS = 2  # a version's games in each round are split over its most informative opponents
+ROUNDS = 2  # rounds of rating games: the second plays where the first placed the version
 FIRST_GUESS = Rating(rating=0.0, stderr=1000.0, games=0)  # a first version's rating, before any game
 GUESS_ERROR = 300.0  # a later version's guess: the previous one's rating, this uncertain
 AWAY_PAUSE_S = 5.0  # a dependency is away: look again after this long
@@ -64,11 +65,25 @@ def version_of_name(name: str) -> int | None:
     return int(name[1:]) if name.startswith("v") and name[1:].isdecimal() else None
 
 
-def fit(games: list[RatingGame], prior_draws: float) -> dict[str, Rating]:
+def fit(games: list[RatingGame], prior_draws: float) -> Ratings:
     """Ratings of every player from every stored game; `random` at 0."""
     if not games:
-        return {}
+        return Ratings({}, {})
     return fit_ratings(tally((g.player_a, g.player_b, g.score_a) for g in games), ANCHOR, prior_draws)
+
+
+def choose_opponents(ratings: dict[str, Rating], version: int) -> list[str]:
+    """Every player `version` may meet, most informative first (`rank_opponents`), judged
+    at its own fitted rating once it has played, else at a guess: the newest earlier
+    version's rating (uncertain by `GUESS_ERROR`), or `FIRST_GUESS`."""
+    me = version_name(version)
+    if me in ratings:
+        guess = ratings[me]
+    else:
+        earlier = [v for n in ratings if (v := version_of_name(n)) is not None and v < version]
+        guess = Rating(ratings[version_name(max(earlier))].rating, GUESS_ERROR, 0) if earlier else FIRST_GUESS
+    candidates = {n: r for n, r in ratings.items() if n != me and (version_of_name(n) or 0) < version}
+    return [name for name, _ in rank_opponents(guess.rating, guess.stderr, candidates)]
 
 
 def play_ladder(game, cfg: EvalConfig) -> list[RatingGame]:
@@ -130,12 +145,11 @@ class EvaluatorService:
     async def _listen(self, events) -> None:
         async for body in events:
             try:
-                event = decode_event(body)
-            except UnknownEventType as exc:
-                log.warning("ignored control event: %s (not for the evaluator)", exc)
-                continue
+                event = read_event(body, "the evaluator", log)
             except MessageError as exc:
                 log.error("ignored control event: %s", exc)
+                continue
+            if event is None:
                 continue
             if isinstance(event, ModelPublished) and event.env_id == self.game.env_id:
                 self._wake.set()
@@ -220,32 +234,36 @@ class EvaluatorService:
 
     async def _rating_games(self, version: int, evaluator) -> list[RatingGame]:
         """Play this version's games against its most informative opponents (anchors and
-        earlier versions); the anchors' ladder first if it was never played."""
+        earlier versions), in rounds: each round's opponents are chosen from the ratings
+        refitted with the rounds before, so a first version whose strength is a guess
+        spends the second half of its games where the first half placed it (the anchors'
+        ladder first if it was never played)."""
         env, cfg = self.game.env_id, self.config.eval
         stored = await self.results.games(env)
         if not any(g.version == 0 for g in stored):
             ladder = await asyncio.to_thread(play_ladder, self.game, cfg)
             await self.results.record(env, None, ladder)
             stored += ladder
-        ratings = fit(stored, cfg.prior_draws)
-        earlier = [v for n in ratings if (v := version_of_name(n)) is not None and v < version]
-        guess = (Rating(ratings[version_name(max(earlier))].rating, GUESS_ERROR, 0) if earlier else FIRST_GUESS)
-        candidates = {n: r for n, r in ratings.items() if n != version_name(version)}
-        opponents: list[tuple[str, object]] = []
-        for name, _ in rank_opponents(guess.rating, guess.stderr, candidates):
-            player = await self._opponent(name, version)
-            if player is not None:
-                opponents.append((name, player))
-            if len(opponents) == OPPONENTS:
-                break
-        mcts = self.config.mcts
-        me = model_player(self.game, evaluator, cfg.game_simulations, mcts)
-        openings = max(1, cfg.games // (2 * len(opponents)))
-        results = await asyncio.to_thread(play_against, self.game, me, [p for _, p in opponents], openings,
-                                          opening_plies=cfg.opening_plies, seed=version)
-        return [RatingGame(version=version, player_a=version_name(version), player_b=name, score_a=r.score_a,
-                           moves=r.moves, a_first=r.a_first)
-                for (name, _), records in zip(opponents, results) for r in records]
+        me = model_player(self.game, evaluator, cfg.game_simulations, self.config.mcts)
+        rounds = ROUNDS if cfg.games >= ROUNDS * 2 * OPPONENTS else 1
+        players: dict[str, object] = {}
+        played: list[RatingGame] = []
+        for round_ in range(rounds):
+            opponents: list[tuple[str, object]] = []
+            for name in choose_opponents(fit(stored + played, cfg.prior_draws), version):
+                if name not in players:
+                    players[name] = await self._opponent(name, version)
+                if players[name] is not None:
+                    opponents.append((name, players[name]))
+                if len(opponents) == OPPONENTS:
+                    break
+            openings = max(1, cfg.games // (rounds * 2 * len(opponents)))
+            results = await asyncio.to_thread(play_against, self.game, me, [p for _, p in opponents], openings,
+                                              opening_plies=cfg.opening_plies, seed=version * ROUNDS + round_)
+            played += [RatingGame(version=version, player_a=version_name(version), player_b=name,
+                                  score_a=r.score_a, moves=r.moves, a_first=r.a_first)
+                       for (name, _), records in zip(opponents, results) for r in records]
+        return played
 
     async def _opponent(self, name: str, version: int):
         """The player `name` stands for; None for a version whose model cannot be used."""

@@ -1,0 +1,174 @@
+"""Learning speed: how strong a model N minutes of `cartridge up` make on this machine.
+
+Runs `cartridge up --minutes N` (default 60) in a fresh directory, exactly as a user
+would (the repository's config.toml plus any `--set`), and follows its progress line:
+every 10 s one row of the curve (minutes, positions stored, training step, newest model,
+the newest rating and accuracy the evaluator announced) goes to `curve.jsonl` in the run
+directory as it comes, so a run cut short still leaves its figures. Afterwards:
+- the newest model is rated if the evaluator had not finished it (same evaluator code);
+- the per-version curve from the evaluator's results (`cartridge ratings`), each version
+  placed at its publish time with the positions and steps stored by then;
+- the newest model is scored on *every* labelled position per stage (the evaluator
+  searches a subset), with search (`eval.simulations`, no noise) and with the raw policy.
+Last line: one JSON object with `optimal_pct` and `policy_optimal_pct` (each
+`{"early", "mid", "late"}`, all positions), `rating` and `rating_error` (the newest
+model's, Elo above random), `rating_gain` (newest minus first rated version, with the error
+of the difference), `positions`, `steps`, `versions`, `minutes`, `model` (the
+newest ONNX file: score it on a position set of your own with `cartridge analyze`) and
+`run_dir`.
+
+    .venv/bin/python bench/learning.py [--minutes 60] [--actors 2] [--set section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cartridge.arena import load_model  # noqa: E402
+from cartridge.ratings import format_table, rating_rows  # noqa: E402
+from cartridge.up import EMBEDDED  # noqa: E402
+from services.evaluator.measure import measure  # noqa: E402
+from services.evaluator.service import EvaluatorService, fit, version_name  # noqa: E402
+from shared.bus import MemoryBus  # noqa: E402
+from shared.evaluations import open_evaluations  # noqa: E402
+from shared.config import Config, load_config, parse_overrides  # noqa: E402
+from shared.games import get_game  # noqa: E402
+from shared.model_store import open_model_store  # noqa: E402
+from shared.model_store.base import model_key  # noqa: E402
+
+STAGES = ("early", "mid", "late")
+PROGRESS = re.compile(r"replay (\d+) positions \| step (\d+), .*\| model v(\d+) \|")
+RATED = re.compile(r"v(\d+) rated (-?\d+) ± (\d+), optimal (\S+)/(\S+)/(\S+) %")
+
+
+def follow(proc: subprocess.Popen, log_path: Path, curve_path: Path, started: float) -> list[dict]:
+    """Copy `cartridge up`'s output to its log; one curve row per progress line."""
+    curve = []
+    with open(log_path, "w") as log, open(curve_path, "w") as out:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if not (m := PROGRESS.search(line)):
+                continue
+            row = {"minutes": round((time.time() - started) / 60, 2), "positions": int(m[1]), "steps": int(m[2]),
+                   "version": int(m[3])}
+            if r := RATED.search(line):
+                row |= {"rated_version": int(r[1]), "rating": int(r[2]), "rating_error": int(r[3]),
+                        "optimal_pct": dict(zip(STAGES, (float(x) for x in r.group(4, 5, 6))))}
+            curve.append(row)
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(json.dumps(row), flush=True)
+    return curve
+
+
+async def gain_over_run(config: Config) -> dict | None:
+    """The newest rated version's rating minus the first's, with the error of the
+    difference (the two share the anchors' uncertainty, so it is much smaller)."""
+    env = config.common.env_id
+    async with open_evaluations(config.storage) as results:
+        rated = [e.version for e in await results.evaluations(env) if e.status == "ok"]
+        ratings = fit(await results.games(env), config.eval.prior_draws)
+    if len(rated) < 2:
+        return None
+    gap = ratings.gap(version_name(max(rated)), version_name(min(rated)))
+    return {"from": min(rated), "to": max(rated), "elo": round(gap.rating, 1), "error": round(gap.stderr, 1)}
+
+
+async def rate_newest(config: Config) -> int:
+    """Evaluate the newest stored version if the evaluator had not (the run may end
+    mid-evaluation); its number."""
+    service = EvaluatorService(config, bus=MemoryBus())
+    async with service.bus, service.store, service.results:
+        waiting = await service.waiting()
+        async with open_model_store(config.storage) as store:
+            newest = max(await store.list_versions(config.common.env_id), default=0)
+        if newest and newest in waiting:
+            await service.evaluate(newest, asyncio.Event())
+    return newest
+
+
+def at(curve: list[dict], minutes: float) -> dict:
+    """The curve row last seen at `minutes` (positions and steps stored by then)."""
+    seen = [r for r in curve if r["minutes"] <= minutes]
+    return seen[-1] if seen else {"positions": 0, "steps": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--actors", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--dir", help="run directory (default: runs/learning-<time> here); must be new or empty")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+    run_dir = Path(args.dir or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        sys.exit(f"learning: {run_dir} is not empty (a learning run starts from nothing)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sets = [x for s in args.set for x in ("--set", s)]
+    print(f"learning: {args.minutes:g} minutes of cartridge up in {run_dir}", flush=True)
+
+    started = time.time()
+    # Its web page on a free port (runs side by side must not collide); a --set of web.port wins.
+    web = ["--set", f"web.port={free_port()}"]
+    proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--minutes", str(args.minutes),
+                             "--actors", str(args.actors), *web, *sets],
+                            cwd=run_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    curve = follow(proc, run_dir / "up.log", run_dir / "curve.jsonl", started)
+    if proc.wait() != 0:
+        sys.exit(f"learning: cartridge up exited with {proc.returncode}; see {run_dir / 'up.log'}")
+
+    os.chdir(run_dir)  # the embedded back ends' paths are relative to the run directory
+    config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
+    game = get_game(config.common.env_id)
+    newest = asyncio.run(rate_newest(config))
+    rows = asyncio.run(rating_rows(config))
+    print(format_table(rows))
+    versions = []
+    for r in rows:
+        minutes = (r["published_at"] - started) / 60 if r["published_at"] else None
+        stored = at(curve, minutes) if minutes is not None else {}
+        versions.append({"version": r["version"], "minutes": round(minutes, 1) if minutes else None,
+                         "positions": stored.get("positions"), "steps": r["step"], "rating": r["rating"],
+                         "rating_error": r["rating_error"], "optimal_pct": r["optimal_pct"],
+                         "policy_optimal_pct": r["policy_optimal_pct"]})
+    (run_dir / "versions.json").write_text(json.dumps(versions, indent=1))
+
+    every = {"positions": 1 << 30}  # all labelled positions, for the final figures
+    evaluator = asyncio.run(load_model(config, game, "latest"))
+    accuracy = measure(game, evaluator, msgspec.structs.replace(config.eval, **every), config.mcts)
+    last = next((v for v in reversed(versions) if v["version"] == newest), {})
+    end = curve[-1] if curve else {"positions": 0, "steps": 0}
+    model = run_dir / config.storage.local_model_dir / model_key(game.env_id, newest) if newest else None
+    print(json.dumps({
+        "minutes": args.minutes, "optimal_pct": accuracy.optimal_pct("search"),
+        "policy_optimal_pct": accuracy.optimal_pct("policy"), "rating": last.get("rating"),
+        "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config)),
+        "positions": end["positions"], "steps": end["steps"],
+        "versions": newest, "model": str(model) if model else None, "run_dir": str(run_dir),
+    }))
+
+
+if __name__ == "__main__":
+    main()
