@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,12 @@ def at(curve: list[dict], minutes: float) -> dict:
     return seen[-1] if seen else {"positions": 0, "steps": 0}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -122,8 +129,10 @@ def main() -> None:
     print(f"learning: {args.minutes:g} minutes of cartridge up in {run_dir}", flush=True)
 
     started = time.time()
+    # Its web page on a free port (runs side by side must not collide); a --set of web.port wins.
+    web = ["--set", f"web.port={free_port()}"]
     proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--minutes", str(args.minutes),
-                             "--actors", str(args.actors), *sets],
+                             "--actors", str(args.actors), *web, *sets],
                             cwd=run_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     curve = follow(proc, run_dir / "up.log", run_dir / "curve.jsonl", started)

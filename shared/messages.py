@@ -212,6 +212,8 @@ def read_event(body: bytes, reader: str, log: logging.Logger) -> ControlEvent | 
         _unknown_types_seen.add(key)
         log.log(level, "ignored control event: %s (not for %s)", exc, reader)
         return None
+
+
 # -- heartbeats -------------------------------------------------------------------------
 
 HEARTBEAT_SCHEMA_VERSION = 1
