@@ -125,7 +125,10 @@ def test_up_trains_stops_cleanly_and_resumes(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        second = run_until(tmp_path, tmp_path / "second.log", rf"published model {version + 1} ",
+        # A newer model, and games of this run stored (the trainer, resumed, may publish
+        # before the actors have finished a game).
+        second = run_until(tmp_path, tmp_path / "second.log",
+                           rf"(?s)(?=.*published model {version + 1} )(?=.*ingest: \S+ rows/s, [1-9]\d* rows stored)",
                            extra=("--set", f"metrics.port={busy}"))
     assert second.returncode == 0
     text2 = (tmp_path / "second.log").read_text()
