@@ -121,9 +121,11 @@ def test_the_charts_plot_the_rows_of_the_database(site, browser):
     assert close(plotted(browser, "chart-rating", "rating"),
                  sorted((e.published_at, r["rating"]) for e, r in zip(evaluations, ratings)))
 
-    table = browser.find_elements("css selector", "#ratings tbody tr")
-    assert [row.find_element("css selector", "td").text for row in table] == ["3", "2", "1"]
-    assert "served" in table[0].get_attribute("class")  # the newest rated version, no hold
+    # Read in one go: the page redraws its tables at every refresh.
+    table = browser.execute_script(
+        "return [...document.querySelectorAll('#ratings tbody tr')].map(r => [r.cells[0].textContent, r.className])")
+    assert [version for version, _ in table] == ["3", "2", "1"]
+    assert table[0][1] == "served"  # the newest rated version, no hold
     assert browser.find_element("id", "newest").text == "v3"
 
 
