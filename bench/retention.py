@@ -26,13 +26,13 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ingest import flushes as group_flushes  # noqa: E402  (as ingest groups them)
 from shared.config import load_config  # noqa: E402
 from shared.games import get_game  # noqa: E402
 from shared.games.random_play import random_games  # noqa: E402
 from shared.replay.postgres import PostgresReplay  # noqa: E402
 
 GAME = get_game("connect4")
-FLUSH_ROWS = 10_000
 MB = 1024 * 1024
 
 
@@ -71,14 +71,7 @@ async def main() -> None:
         for g in random_games("connect4", games=500, seed=len(batches), min_plies=20):
             batches.append((uuid.uuid4().hex, "connect4", "bench", g))
             rows += len(g)
-    flushes, current, n = [], [], 0
-    for b in batches:
-        current.append(b)
-        n += len(b[3])
-        if n >= FLUSH_ROWS:
-            flushes.append(current)
-            current, n = [], 0
-    flushes.append(current)
+    flushes = group_flushes(batches)
 
     run = uuid.uuid4().hex[:8]
     names = {"unbounded": f"bench_retention_{run}_off", "bounded": f"bench_retention_{run}_on"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.error
+import urllib.request
 
 import numpy as np
 
@@ -67,3 +69,15 @@ async def wait_until(predicate, what: str, timeout: float = WAIT_S, tasks=()):
                     t.result()
                     raise AssertionError(f"a service stopped while waiting for {what}")
             await asyncio.sleep(0.05)
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, str]:
+    """`(HTTP status, body)` of a GET; an error status is returned, not raised; no answer
+    at all is status 0 with the reason as the body."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)

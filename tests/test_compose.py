@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.prometheus import api, dashboard_queries, finite_points, free_port, local_config, running_prometheus
+from tests.helpers import get
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official Compose schema (compose-spec, Apache-2.0; see tests/data/compose-spec/LICENSE),
@@ -143,14 +143,6 @@ def moto_server(tmp_path):
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait()
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 async def publish_garbage(broker_names: dict[str, str]) -> None:

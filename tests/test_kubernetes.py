@@ -16,8 +16,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +25,7 @@ import yaml
 from referencing import Registry, Resource
 
 from tests.prometheus import free_port
+from tests.helpers import get
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -322,16 +321,6 @@ def pod_environment(deployment: dict, config_maps: dict[str, dict], secrets: dic
         else:
             env[e["name"]] = expand(e["value"], env)
     return env
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
 
 
 def web_available() -> bool:

@@ -11,8 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,16 +23,9 @@ from shared.metrics.families import DEAD_LETTER_REASONS, Families
 from shared.metrics.health import STALL_S, Health
 from shared.retry import Link
 from shared.status import ActorStatus, EvaluatorStatus, IngestStatus, TrainerStatus
+from tests.helpers import get
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def actor_status(**values) -> ActorStatus:
