@@ -98,6 +98,10 @@ class ActorConfig(_Section):
 class TrainingConfig(_Section):
     steps_per_iteration: PositiveInt = 1000
     """Optimizer steps per cycle; each cycle ends by publishing a model."""
+    first_cycle_steps: Annotated[int, Meta(ge=0)] = 0
+    """Steps before the first model (0: `steps_per_iteration`). A short first cycle ends
+    the uniform-search phase sooner: until model 1 the actors search with a uniform
+    evaluator, fast and weak, and flood the window with its positions."""
     batch_size: PositiveInt = 256
     """Positions per optimizer step."""
     learning_rate: PositiveFloat = 1e-3
@@ -108,6 +112,10 @@ class TrainingConfig(_Section):
     """Positions the replay buffer must hold before training starts."""
     window_size: PositiveInt = 200_000
     """Newest positions sampled from (the replay window)."""
+    drop_uniform_positions: bool = False
+    """Once the window holds `min_transitions` positions played by a model, stop sampling
+    the positions played before model 1 (searched with the uniform evaluator): many and
+    weak, they would otherwise fill the window long after the first model."""
     checkpoint_every: PositiveInt = 1
     """Cycles between checkpoints (weights, optimizer, step, data cursor)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

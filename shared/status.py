@@ -137,6 +137,10 @@ class EvaluatorStatus(Status, tag="evaluator"):
     """CPU time the version evaluated last took (None: none yet)."""
 
 
+class WebStatus(Status, tag="web"):
+    """`cartridge web`: state only (its readiness is its database's and model store's)."""
+
+
 AnyStatus = Union[ActorStatus, IngestStatus, TrainerStatus, EvaluatorStatus]
 
 

@@ -251,9 +251,8 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
             assert healthcheck[0] == "CMD"
             check = subprocess.run(healthcheck[1:], env=envs[name], capture_output=True, text=True, timeout=30)
             assert check.returncode == 0, (name, check.stderr)
-            if name != "web":  # the page has no pipeline service to be ready (probed on its own port)
-                status, body = get(f"http://127.0.0.1:{ports[name]}/readyz")
-                assert status == 200 and json.loads(body)["ready"], (name, body)
+            status, body = get(f"http://127.0.0.1:{ports[name]}/readyz")
+            assert status == 200 and json.loads(body)["ready"], (name, body)
 
         # The dashboard: every query has data once the evaluator's rating is scraped.
         deadline = time.monotonic() + 30

@@ -4,14 +4,16 @@ reuses or overwrites a version."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import torch
 
 from services.trainer.learner import Checkpoint
-from services.trainer.service import TrainerService
+from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow
 from shared.bus import MemoryBus
+from shared.config import TrainingConfig
 from shared.games import get_game
 from shared.messages import ModelPublished, decode_event
 from shared.model_store import open_model_store
@@ -54,6 +56,22 @@ async def test_cycles_resume_from_the_checkpoint(make_config):
     published = [decode_event(await anext(events)) for _ in range(2)]
     assert [e.version for e in published] == [1, 2]
     assert all(isinstance(e, ModelPublished) and e.env_id == "tictactoe" for e in published)
+
+
+def test_a_short_first_cycle_then_every_steps_per_iteration():
+    t = TrainingConfig(steps_per_iteration=1000, first_cycle_steps=200)
+    assert [cycle_end(s, t) for s in (0, 199, 200, 1199, 1200)] == [200, 200, 1200, 1200, 2200]
+    default = TrainingConfig(steps_per_iteration=1000)
+    assert [cycle_end(s, default) for s in (0, 999, 1000)] == [1000, 1000, 2000]
+
+
+async def test_the_first_cycle_publishes_after_first_cycle_steps(make_config):
+    config = make_config(training={"steps_per_iteration": 5, "first_cycle_steps": 2})
+    await fill_replay(config)
+    trainer = TrainerService(config, bus=MemoryBus())
+    await asyncio.wait_for(trainer.run(cycles=2), 120)
+    async with open_model_store(config.storage) as store:
+        assert [(await store.get_model("tictactoe", v, max_bytes=1 << 24))[0].step for v in (1, 2)] == [2, 7]
 
 
 async def test_a_version_stored_after_the_checkpoint_is_never_reused(make_config):
@@ -100,6 +118,29 @@ def test_window_keeps_the_newest_rows_and_mirrors_samples():
     stored = {(o.tobytes()) for o in window.observation.astype(np.float32)}
     flipped = sum(o.tobytes() not in stored for o in obs)
     assert 0 < flipped < 500
+
+
+def test_window_stops_sampling_uniform_positions_once_enough_model_positions_exist():
+    parts = play_games(games=6)
+    uniform = parts[0].__class__.concat(parts)  # played by the uniform evaluator (version 0)
+    n = len(uniform)
+    played = dataclasses.replace(uniform, model_version=np.full(n, 1, np.int32), value=np.full(n, 0.5, np.float32))
+    window = ReplayWindow(TTT, size=2 * n, drop_uniform_after=n // 2)
+    window._append(uniform)
+    window._append(slice_rows(played, n // 2 - 1))
+    assert window.sampled_positions == window.filled  # too few model positions yet: all sampled
+    window._append(slice_rows(played, 1))
+    assert window.sampled_positions == n // 2
+    _, _, value = window.sample(400, np.random.default_rng(0))
+    assert np.all(value == 0.5)  # only the model's rows
+    plain = ReplayWindow(TTT, size=2 * n)  # the default: every row held
+    plain._append(uniform)
+    plain._append(played)
+    assert plain.sampled_positions == 2 * n
+
+
+def slice_rows(rows, count):
+    return rows.__class__(**{k: v[:count] for k, v in rows.__dict__.items()})
 
 
 def test_checkpoint_round_trip_uses_weights_only():

@@ -23,29 +23,52 @@ from shared.evaluations import open_evaluations
 from shared.liveness import LiveView
 from shared.metrics.endpoint import serve_metrics
 from shared.model_store import open_model_store
+from shared.metrics.health import HEALTH
 from shared.service import base_parser, run_service
+from shared.status import Lifecycle, WebStatus, instance_name
 
 log = logging.getLogger("cartridge.web")
 
 CLOSE_S = 5.0
 
 
+class WebReadiness:
+    """What `/readyz` checks for the page: running, and the database and model store it
+    reads answering (their `Link`s)."""
+
+    def __init__(self, store, results):
+        self.store, self.results = store, results
+        self.lifecycle = Lifecycle()
+        self.name = instance_name()
+
+    def status(self) -> WebStatus:
+        return WebStatus(name=self.name, state=self.lifecycle.state)
+
+
 async def serve(config: Config, args: argparse.Namespace, stop: asyncio.Event) -> None:
-    # /healthz beside the other services' (compose's health check); /metrics has little here.
+    # /healthz and /readyz beside the other services' (compose's health check); /metrics has little here.
     async with serve_metrics(config.metrics), open_model_store(config.storage) as store, \
             open_evaluations(config.storage) as results:
-        live = LiveView(missed_beats=config.status.missed_beats)
-        overview = Overview(config, store, results, live, lambda: queue_depths(config.broker))
-        runner = await start(build_app(overview, ModelPlayer(config, store)), config.web.host, config.web.port)
-        follower = asyncio.create_task(follow_heartbeats(config, live, overview))
-        log.info("web page at %s", url(config.web.host, config.web.port))
-        try:
-            await stop.wait()
-        finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(follower, CLOSE_S)  # its RabbitMQ connection closes
-            await runner.cleanup()
+        readiness = WebReadiness(store, results)
+        async with readiness.lifecycle:
+            with HEALTH.tracking(readiness):
+                await _serve_page(config, store, results, readiness, stop)
+
+
+async def _serve_page(config: Config, store, results, readiness: WebReadiness, stop: asyncio.Event) -> None:
+    live = LiveView(missed_beats=config.status.missed_beats)
+    overview = Overview(config, store, results, live, lambda: queue_depths(config.broker))
+    runner = await start(build_app(overview, ModelPlayer(config, store)), config.web.host, config.web.port)
+    follower = asyncio.create_task(follow_heartbeats(config, live, overview))
+    log.info("web page at %s", url(config.web.host, config.web.port))
+    readiness.lifecycle.started(stop)
+    try:
+        await stop.wait()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(follower, CLOSE_S)  # its RabbitMQ connection closes
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

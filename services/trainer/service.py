@@ -3,7 +3,8 @@
 Lifecycle: connect to the replay store, model store and broker; resume from the newest
 checkpoint (weights, optimizer, step, version); wait until the replay holds
 `min_transitions`; then per cycle:
-  refresh the window -> `steps_per_iteration` steps (in a worker thread) -> export ONNX
+  refresh the window -> steps to the cycle's end (`first_cycle_steps`, then every
+  `steps_per_iteration`; in a worker thread) -> export ONNX
   -> upload it as the next version -> checkpoint -> publish a model-published event.
 Versions only go up: the next one is above both the checkpoint's and the store's newest,
 and a stored version is never overwritten.
@@ -28,7 +29,7 @@ from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.window import ReplayWindow
 from shared.bus import BusUnavailable, EventPublisher, open_bus
-from shared.config import Config
+from shared.config import Config, TrainingConfig
 from shared.games import get_game
 from shared.messages import ModelPublished, encode_event
 from shared.metrics.export import exported
@@ -52,6 +53,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cycle_end(step: int, t: TrainingConfig) -> int:
+    """The step at which the cycle containing `step` ends (its model is published):
+    `first_cycle_steps` (if set), then every `steps_per_iteration` after it."""
+    first = t.first_cycle_steps or t.steps_per_iteration
+    if step < first:
+        return first
+    return first + ((step - first) // t.steps_per_iteration + 1) * t.steps_per_iteration
+
+
 class TrainerService:
     def __init__(self, config: Config, *, bus: EventPublisher | None = None, store: ModelStore | None = None,
                  replay: Replay | None = None):
@@ -67,7 +77,8 @@ class TrainerService:
         self.model = build_network(self.game, config.network).to(self.device)
         t = config.training
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-        self.window = ReplayWindow(self.game, t.window_size)
+        self.window = ReplayWindow(self.game, t.window_size,
+                                   drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0)
         self.rng = np.random.default_rng()
         self.step = 0
         self.steps_this_run = 0
@@ -102,7 +113,7 @@ class TrainerService:
                 await self._wait_for_data(replay, stop)
                 while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
                     await self._cycle(replay, stop)
-                    if stop.is_set() and self.step % cfg.training.steps_per_iteration:
+                    if stop.is_set() and self.step != cycle_end(self.step - 1, cfg.training):
                         break  # interrupted mid-cycle: the last checkpoint stands
                     await self._publish(store, stop)
                     self.cycles_done += 1
@@ -140,7 +151,7 @@ class TrainerService:
     async def _cycle(self, replay, stop: asyncio.Event) -> None:
         t = self.config.training
         start, start_step = time.monotonic(), self.step
-        end_step = (self.step // t.steps_per_iteration + 1) * t.steps_per_iteration
+        end_step = cycle_end(self.step, t)
         while self.step < end_step and not stop.is_set():
             added = await retry(lambda: self.window.refresh(replay), what="refreshing the window",
                                 errors=ReplayUnavailable, stop=stop)

@@ -1,8 +1,10 @@
 """The replay window: the newest `window_size` positions, held in memory.
 
 Loaded once, then extended with only the rows added since (`id > last_id`), so a
-training step's cost does not grow with the table. Sampling is uniform over the window,
-with a random left-right mirror per sample (both games are symmetric that way).
+training step's cost does not grow with the table. Sampling is uniform over the window
+(optionally over its rows played by a model, once there are enough of them: see
+`drop_uniform_after`), with a random left-right mirror per sample (both games are
+symmetric that way).
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ FETCH_CHUNK = 50_000
 
 
 class ReplayWindow:
-    def __init__(self, game: Game, size: int):
+    def __init__(self, game: Game, size: int, drop_uniform_after: int = 0):
+        """`drop_uniform_after` > 0: once that many rows held were played by a model
+        (version >= 1), sample only those, never the uniform evaluator's (version 0)."""
         self.game, self.size = game, size
+        self.drop_uniform_after = drop_uniform_after
+        self._eligible: np.ndarray | None = None  # row indices sampled from; None: all held
         a = game.num_actions
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
         self.policy = np.zeros((size, a), np.float32)
@@ -62,10 +68,22 @@ class ReplayWindow:
         self.total_loaded += n
         held = self.model_version[:self.filled]  # once per refresh, not per sample
         self.oldest_version, self.newest_version = int(held.min()), int(held.max())
+        self._eligible = None
+        if self.drop_uniform_after and self.oldest_version == 0:
+            played = np.flatnonzero(held > 0)
+            if len(played) >= self.drop_uniform_after:
+                self._eligible = played
+
+    @property
+    def sampled_positions(self) -> int:
+        """Rows sampling draws from."""
+        return self.filled if self._eligible is None else len(self._eligible)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(observation float32[b, 2, H, W], policy [b, A], value [b])`, uniformly drawn."""
-        idx = rng.integers(0, self.filled, size=batch_size)
+        idx = rng.integers(0, self.sampled_positions, size=batch_size)
+        if self._eligible is not None:
+            idx = self._eligible[idx]
         obs = self.observation[idx].astype(np.float32)
         policy = self.policy[idx]
         flip = rng.random(batch_size) < 0.5
