@@ -34,6 +34,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import delete_scratch  # noqa: E402
 from services.ingest.service import IngestService  # noqa: E402
 from shared.bus.rabbitmq import CONTENT_TYPE_MSGPACK, connect, declare_topology  # noqa: E402
 from shared.config import Config, load_config  # noqa: E402
@@ -126,21 +127,6 @@ async def staging_upsert(conn: asyncpg.Connection, batches, table: str) -> float
     return sum(len(b[3]) for b in batches) / (time.perf_counter() - start)
 
 
-async def cleanup(config: Config, postgres: str, database: str) -> None:
-    connection = await aio_pika.connect(config.broker.url)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (config.broker.transitions_queue, config.broker.dead_letter_queue):
-            await channel.queue_delete(queue)
-        for exchange in (config.broker.dead_letter_exchange, config.broker.models_exchange):
-            await channel.exchange_delete(exchange)
-    admin = await asyncpg.connect(f"{postgres}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -198,7 +184,9 @@ async def main() -> None:
         finally:
             await conn.close()
     finally:
-        await cleanup(config, args.postgres, database)
+        b = config.broker
+        await delete_scratch(b.url, [b.transitions_queue, b.dead_letter_queue],
+                             [b.dead_letter_exchange, b.models_exchange], args.postgres, database)
 
     print(json.dumps({
         "rows": rows, "messages": len(batches), "flushes": s.flushes,

@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import delete_scratch  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.games import get_game  # noqa: E402
 from shared.replay import open_replay  # noqa: E402
@@ -302,18 +303,8 @@ async def main() -> None:
             await p.stop(10)
         s3.terminate()
         await s3.wait()
-        connection = await aio_pika.connect(AMQP)
-        async with connection:
-            channel = await connection.channel()
-            for q in (names["transitions"], names["dead"], f"bench.{run}.evaluator"):
-                await channel.queue_delete(q)
-            for x in (f"bench.{run}.dlx", f"bench.{run}.models"):
-                await channel.exchange_delete(x)
-        admin = await asyncpg.connect(f"{POSTGRES}/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await delete_scratch(AMQP, [names["transitions"], names["dead"], f"bench.{run}.evaluator"],
+                             [f"bench.{run}.dlx", f"bench.{run}.models"], POSTGRES, database)
 
     games = confirmed(actor_logs)
     produced = sum(games.values())
