@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cartridge.ratings import rating_rows
+from cartridge.web import WebReadiness
 from cartridge.web.app import build_app
 from cartridge.web.overview import Overview, follow_heartbeats
 from cartridge.web.play import ModelPlayer
@@ -24,6 +25,7 @@ from shared.evaluations import open_evaluations
 from shared.games import get_game
 from shared.heartbeat import HeartbeatSender
 from shared.liveness import LiveView
+from shared.metrics.health import Health
 from shared.model_store import open_model_store
 from shared.status import TrainerStatus
 from web_data import EVAL, short_run
@@ -136,3 +138,19 @@ def test_cartridge_web_names_a_port_that_is_taken(tmp_path):
             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "web.port" in result.stderr
+
+
+async def test_the_web_page_is_ready_while_serving_with_its_database_and_store_answering(make_config):
+    config = make_config()
+    async with open_model_store(config.storage) as store, open_evaluations(config.storage) as results:
+        readiness, health = WebReadiness(store, results), Health()
+        with health.tracking(readiness):
+            assert not health.ready()[0]  # starting
+            readiness.lifecycle.started(asyncio.Event())
+            await store.list_versions("connect4")  # the store answered once
+            ready, body = health.ready()
+            assert ready, body
+            assert body["services"] == [{"service": "web", "name": readiness.name, "state": "running", "down": []}]
+            store.link.failed("test: S3 gone")
+            ready, body = health.ready()
+            assert not ready and body["services"][0]["down"] == [store.link.name]
