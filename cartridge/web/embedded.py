@@ -17,6 +17,7 @@ from shared.config import Config
 from shared.evaluations import open_evaluations
 from shared.liveness import LiveView
 from shared.model_store import open_model_store
+from shared.retry import DependencyError
 from shared.status import AnyStatus
 
 log = logging.getLogger("cartridge.up")
@@ -24,8 +25,10 @@ log = logging.getLogger("cartridge.up")
 
 @contextlib.asynccontextmanager
 async def web_page(config: Config, statuses: Callable[[], list[AnyStatus]], bus: MemoryBus) -> AsyncIterator[str | None]:
-    """Serve the page while the body runs (unless `web.enabled` is false); yields its URL.
-    A port that is taken stops `cartridge up` at start with a message naming it."""
+    """Serve the page while the body runs (unless `web.enabled` is false); yields its URL,
+    or None. A port that is taken is a warning naming it, and the pipeline runs without
+    the page, as without the metrics endpoint: both are windows onto `cartridge up`, not
+    its work (`cartridge web`, whose work the page is, stops instead)."""
     if not config.web.enabled:
         yield None
         return
@@ -37,7 +40,12 @@ async def web_page(config: Config, statuses: Callable[[], list[AnyStatus]], bus:
                      "unacked": None, "consumers": 1}]
 
         overview = Overview(config, store, results, live, pending, live_source="this process")
-        runner = await start(build_app(overview, ModelPlayer(config, store)), config.web.host, config.web.port)
+        try:
+            runner = await start(build_app(overview, ModelPlayer(config, store)), config.web.host, config.web.port)
+        except DependencyError as exc:
+            log.warning("no web page: %s", exc)
+            yield None
+            return
 
         async def sample() -> None:
             while True:
