@@ -18,6 +18,7 @@ newest ONNX file: score it on a position set of your own with `cartridge analyze
 `run_dir`.
 
     .venv/bin/python bench/learning.py [--minutes 60] [--actors 2] [--set section.key=value ...]
+    .venv/bin/python bench/learning.py --rescore --dir runs/learning-...   # score a finished run again
 """
 
 from __future__ import annotations
@@ -114,14 +115,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--actors", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--dir", help="run directory (default: runs/learning-<time> here); must be new or empty")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = parser.parse_args()
-    run_dir = Path(args.dir or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict]]:
+    """`cartridge up --minutes N` in `run_dir`, followed; its start time and curve."""
     if run_dir.exists() and any(run_dir.iterdir()):
         sys.exit(f"learning: {run_dir} is not empty (a learning run starts from nothing)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +124,7 @@ def main() -> None:
     print(f"learning: {args.minutes:g} minutes of cartridge up in {run_dir}", flush=True)
 
     started = time.time()
+    (run_dir / "run.json").write_text(json.dumps({"started": started, "minutes": args.minutes, "set": args.set}))
     # Its web page on a free port (runs side by side must not collide); a --set of web.port wins.
     web = ["--set", f"web.port={free_port()}"]
     proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--minutes", str(args.minutes),
@@ -136,9 +132,43 @@ def main() -> None:
                             cwd=run_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     curve = follow(proc, run_dir / "up.log", run_dir / "curve.jsonl", started)
-    if proc.wait() != 0:
-        sys.exit(f"learning: cartridge up exited with {proc.returncode}; see {run_dir / 'up.log'}")
+    if proc.wait() != 0:  # what it stored is on disk: score it all the same
+        print(f"learning: cartridge up exited with {proc.returncode} (see {run_dir / 'up.log'}); "
+              "scoring what it stored", file=sys.stderr, flush=True)
+    return started, curve
 
+
+def recorded(run_dir: Path) -> tuple[float, list[dict], float]:
+    """A finished run's start time, curve and minutes, from its directory."""
+    try:
+        curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    except FileNotFoundError:
+        sys.exit(f"learning: {run_dir} holds no curve.jsonl: not a learning run's directory")
+    if (run_dir / "run.json").exists():
+        meta = json.loads((run_dir / "run.json").read_text())
+        return meta["started"], curve, meta["minutes"]
+    # Runs from before run.json: the first log line's time (local), the curve's length.
+    first = (run_dir / "up.log").read_text().split(",", 1)[0]
+    return time.mktime(time.strptime(first, "%Y-%m-%d %H:%M:%S")), curve, round(curve[-1]["minutes"] if curve else 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--actors", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--dir", help="run directory (default: runs/learning-<time> here); must be new or empty")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--rescore", action="store_true",
+                        help="do not run: score the run already in --dir again (after a crash or a change of yardstick)")
+    args = parser.parse_args()
+    if args.rescore:
+        if not args.dir:
+            sys.exit("learning: --rescore needs --dir (the run to score)")
+        run_dir = Path(args.dir).resolve()
+        started, curve, args.minutes = recorded(run_dir)
+    else:
+        run_dir = Path(args.dir or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        started, curve = run(run_dir, args)
     os.chdir(run_dir)  # the embedded back ends' paths are relative to the run directory
     config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
     game = get_game(config.common.env_id)

@@ -15,6 +15,7 @@ from shared.evaluations import (
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
 from shared.retry import Link
+from shared.threads import to_thread_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,15 @@ class SqliteEvaluations:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._db is not None:
-            await asyncio.to_thread(self._db.close)
-            self._db = None
+        async with self._lock:  # never while a statement runs in a thread
+            if self._db is not None:
+                await to_thread_to_completion(self._db.close)
+                self._db = None
 
     async def _run(self, fn, *args):
         async with self._lock:
             with self.link.watch((sqlite3.OperationalError,), ReplayUnavailable):
-                return await asyncio.to_thread(fn, *args)
+                return await to_thread_to_completion(fn, *args)
 
     async def record(self, env_id: str, evaluation: Evaluation | None = None,
                      games: list[RatingGame] = ()) -> None:

@@ -24,6 +24,7 @@ from shared.games import Game
 from shared.replay import ReplayUnavailable
 from shared.replay.rows import DroppedPart, WriteResult, decode_rows, row_bytes
 from shared.retry import Backoff, Link, retry
+from shared.threads import to_thread_to_completion
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class SqliteReplay:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._db is not None:
-            await asyncio.to_thread(self._db.close)
-            self._db = None
+        async with self._lock:  # never while a statement runs in a thread
+            if self._db is not None:
+                await to_thread_to_completion(self._db.close)
+                self._db = None
 
     def _set_up(self) -> None:
         db = self._db
@@ -88,7 +90,7 @@ class SqliteReplay:
         # Locked, busy or gone: raised to callers as ReplayUnavailable.
         async with self._lock:
             with self.link.watch((sqlite3.OperationalError,), ReplayUnavailable):
-                return await asyncio.to_thread(fn, *args)
+                return await to_thread_to_completion(fn, *args)
 
     # -- writing -----------------------------------------------------------------------
     async def write(self, batches: list[tuple[str, str, str, Transitions]]) -> WriteResult:
