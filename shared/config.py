@@ -11,8 +11,8 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from msgspec import Meta
