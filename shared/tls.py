@@ -30,17 +30,21 @@ def certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError
     is searched."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # aiohttp's wrapper is itself a CertificateError, with the real one as an attribute.
+        inner = getattr(exc, "certificate_error", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
         if isinstance(exc, ssl.SSLCertVerificationError):
             return exc
-        seen.add(id(exc))
-        inner = getattr(exc, "certificate_error", None)  # aiohttp keeps it as an attribute
-        exc = inner if isinstance(inner, BaseException) else (exc.__cause__ or exc.__context__)
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
 def untrusted(what: str, error: ssl.SSLCertVerificationError, setting: str) -> str:
     """One line for an endpoint whose certificate is not trusted: what was refused, why
     (OpenSSL's reason), and the setting that names the CA to trust."""
-    reason = error.verify_message or error.reason or str(error)
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
     return (f"{what}: TLS certificate not trusted ({reason}); if it is signed by a private CA, "
             f"set {setting} to that CA's certificate (PEM)")
