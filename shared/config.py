@@ -12,6 +12,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -25,6 +26,17 @@ Identifier = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
 # S3's bucket naming rules (3-63 lowercase letters, digits, dots, hyphens): a bad name is
 # a config error at start-up, not an "unreachable" endpoint retried for minutes.
 BucketName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+# A file of CA certificates (PEM) to trust, or empty for the system's trust store; must
+# exist when set (checked with its section, see `_check_ca_file`).
+CaFile = Annotated[str, Meta(max_length=4096)]
+# The scheme says whether a connection uses TLS: a typo (`amqp+ssl://`) is a config error,
+# never a plaintext connection.
+AmqpUrl = Annotated[str, Meta(pattern=r"^amqps?://")]
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://")]
+PostgresUrl = Annotated[str, Meta(pattern=r"^postgres(ql)?://")]
+# PostgreSQL's `sslmode` values (libpq's, as asyncpg reads them) under which the server's
+# certificate is checked against `sslrootcert`.
+VERIFYING_SSLMODES = ("require", "verify-ca", "verify-full")
 
 ENV_PREFIX = "CARTRIDGE_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
@@ -32,6 +44,12 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
 class ConfigError(ValueError):
     """A configuration key is unknown or its value is not what was expected."""
+
+
+def _check_ca_file(key: str, path: str) -> None:
+    # At start-up, not at the first connection: a missing CA file is a typo, not an outage.
+    if path and not Path(path).is_file():
+        raise ValueError(f"{key}: CA file {path!r} does not exist (or is not a file)")
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -127,16 +145,23 @@ class TrainingConfig(_Section):
 class StorageConfig(_Section):
     replay_backend: Literal["postgres", "sqlite"] = "postgres"
     """Where transitions are stored."""
-    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/cartridge"
-    """Replay database (created if missing)."""
+    postgres_url: PostgresUrl = "postgresql://postgres@127.0.0.1:5432/cartridge"
+    """Replay database (created if missing). TLS through libpq's URL parameters:
+    `?sslmode=verify-full&sslrootcert=/path/ca.pem` checks the server's certificate and
+    host name against that CA (without `sslmode`, asyncpg tries TLS unchecked and falls
+    back to plaintext)."""
     replay_table: Identifier = "transitions"
     """Table holding transitions."""
     sqlite_path: str = "runs/replay.sqlite"
     """Replay file for the `sqlite` back end."""
     model_store: Literal["s3", "local"] = "s3"
     """Where model versions and checkpoints are kept."""
-    s3_endpoint_url: str = "http://127.0.0.1:9000"
-    """S3-compatible endpoint (MinIO, Ceph, AWS); empty means AWS default."""
+    s3_endpoint_url: Annotated[str, Meta(pattern=r"^$|^https?://")] = "http://127.0.0.1:9000"
+    """S3-compatible endpoint (MinIO, Ceph, AWS); empty means AWS default (HTTPS).
+    `https://` for TLS."""
+    s3_ca_file: CaFile = ""
+    """CA certificates (PEM) trusted for an `https://` `s3_endpoint_url`, for a server
+    whose certificate a private CA signed; empty: botocore's trust store."""
     s3_bucket: BucketName = "cartridge"
     """Bucket for models and checkpoints (created if missing)."""
     s3_region: str = "us-east-1"
@@ -164,10 +189,25 @@ class StorageConfig(_Section):
     keep_checkpoints: PositiveInt = 5
     """Newest trainer checkpoints kept in the model store; older ones are deleted."""
 
+    def __post_init__(self):
+        _check_ca_file("s3_ca_file", self.s3_ca_file)
+        if self.s3_ca_file and not self.s3_endpoint_url.startswith("https://"):
+            raise ValueError(f"s3_ca_file is set but s3_endpoint_url {mask_url(self.s3_endpoint_url)!r} is "
+                             "not https://: the CA would never be used and the connection would be plaintext")
+        query = parse_qs(urlsplit(self.postgres_url).query)
+        sslmode = query.get("sslmode", [""])[-1]
+        if query.get("sslrootcert") and sslmode not in VERIFYING_SSLMODES:
+            raise ValueError(f"postgres_url names an sslrootcert but its sslmode is {sslmode or 'unset (prefer)'}: "
+                             f"the certificate would not be checked; use sslmode=verify-full")
+
 
 class BrokerConfig(_Section):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    """AMQP URL of RabbitMQ."""
+    url: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/"
+    """AMQP URL of RabbitMQ; `amqps://` (port 5671 unless given) for TLS."""
+    ca_file: CaFile = ""
+    """CA certificates (PEM) trusted for the broker's TLS (an `amqps://` `url` and an
+    `https://` `management_url`), for certificates a private CA signed; empty: the
+    system's trust store."""
     transitions_queue: str = "cartridge.transitions"
     """Durable queue of transition batches."""
     dead_letter_exchange: str = "cartridge.dead"
@@ -195,8 +235,15 @@ class BrokerConfig(_Section):
     """Fanout exchange every service sends its heartbeat (its status snapshot) to, and the
     stream queue of the same name that keeps them for an hour: what `cartridge status` and
     the web page read."""
-    management_url: str = "http://127.0.0.1:15672"
-    """RabbitMQ's management API (queue depths), logged in as `url`'s user and password."""
+    management_url: HttpUrl = "http://127.0.0.1:15672"
+    """RabbitMQ's management API (queue depths), logged in as `url`'s user and password
+    (sent with every request: use `https://` whenever it leaves the machine)."""
+
+    def __post_init__(self):
+        _check_ca_file("ca_file", self.ca_file)
+        if self.ca_file and not (self.url.startswith("amqps://") or self.management_url.startswith("https://")):
+            raise ValueError("ca_file is set but neither url nor management_url uses TLS (amqps://, https://): "
+                             "the CA would never be used and the connections would be plaintext")
 
 
 class IngestConfig(_Section):

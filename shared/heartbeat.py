@@ -27,6 +27,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
+from shared.bus.rabbitmq import connection_options, untrusted_broker
 from shared.config import BrokerConfig, Config, mask_url
 from shared.messages import Heartbeat, MessageError, decode_heartbeat, encode_heartbeat
 from shared.retry import DependencyError
@@ -85,7 +86,8 @@ class HeartbeatSender:
             if self._exchange is None:
                 if self._connection is None:
                     self._connection = await aio_pika.connect_robust(
-                        self.broker.url, client_properties={"connection_name": "heartbeats"})
+                        self.broker.url, client_properties={"connection_name": "heartbeats"},
+                        **connection_options(self.broker))
                 self._exchange, _ = await declare(await self._connection.channel(), self.broker)
             beat = Heartbeat(interval_s=self.interval, host=self.host, status=self.status())
             await self._exchange.publish(
@@ -104,9 +106,10 @@ async def follow(broker: BrokerConfig, since: float, *, name: str = "heartbeat r
     `DependencyError` if RabbitMQ cannot be reached now."""
     url = mask_url(broker.url)
     try:
-        connection = await aio_pika.connect_robust(broker.url, client_properties={"connection_name": name})
+        connection = await aio_pika.connect_robust(broker.url, client_properties={"connection_name": name},
+                                                   **connection_options(broker))
     except (OSError, AMQPError) as exc:
-        raise DependencyError(f"RabbitMQ at {url} is unreachable: {exc}") from None
+        raise DependencyError(untrusted_broker(broker, exc) or f"RabbitMQ at {url} is unreachable: {exc}") from None
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=500)  # a stream needs a prefetch and acks

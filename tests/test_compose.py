@@ -31,6 +31,13 @@ SCHEMA = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 APPS = ("ingest", "trainer", "actor", "evaluator", "web")
+# Every published port listens on this variable's address, loopback unless the user opts out.
+BIND = "${BIND_ADDRESS:-127.0.0.1}"
+
+
+def published(service: dict) -> set[str]:
+    """`HOST:CONTAINER` of each port the service publishes (the bind address dropped)."""
+    return {str(port).removeprefix(BIND + ":") for port in service.get("ports", [])}
 
 
 def test_compose_file_matches_the_official_schema():
@@ -40,8 +47,8 @@ def test_compose_file_matches_the_official_schema():
 def test_the_stack_has_every_service():
     assert set(SERVICES) >= {"postgres", "rabbitmq", "minio", "minio-init", *APPS}
     assert "management" in SERVICES["rabbitmq"]["image"]
-    assert {"5672:5672", "15672:15672"} <= set(SERVICES["rabbitmq"]["ports"])
-    assert {"9000:9000", "9001:9001"} <= set(SERVICES["minio"]["ports"])
+    assert {"5672:5672", "15672:15672"} <= published(SERVICES["rabbitmq"])
+    assert {"9000:9000", "9001:9001"} <= published(SERVICES["minio"])
     assert any(v.startswith("pgdata:") for v in SERVICES["postgres"]["volumes"])
     for name in ("postgres", "rabbitmq", "minio"):
         assert "healthcheck" in SERVICES[name], name
@@ -64,6 +71,25 @@ def test_app_services_wait_for_healthy_dependencies():
     assert SERVICES["trainer"]["depends_on"].keys() >= {"postgres", "rabbitmq", "minio-init"}
 
 
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.actors.yaml"])
+def test_published_ports_listen_on_loopback_unless_opened(file):
+    """Every published port is `${BIND_ADDRESS:-127.0.0.1}:HOST:CONTAINER`: on 127.0.0.1
+    unless .env sets BIND_ADDRESS; nothing reaches the host's network another way."""
+    services = yaml.safe_load((ROOT / file).read_text())["services"]
+    ports = [(name, port) for name, spec in services.items() for port in spec.get("ports", [])]
+    if file == "compose.yaml":
+        assert len(ports) >= 9  # PostgreSQL, RabbitMQ (3), MinIO (2), Prometheus, Grafana, the web page
+    for name, port in ports:
+        assert isinstance(port, str) and re.fullmatch(re.escape(BIND) + r":\d+:\d+(/tcp)?", port), (file, name, port)
+        assert interpolate(port, {}).startswith("127.0.0.1:"), (file, name, port)
+        assert interpolate(port, {"BIND_ADDRESS": "0.0.0.0"}).startswith("0.0.0.0:"), (file, name, port)
+    for name, spec in services.items():  # host networking would publish every port on every interface
+        assert spec.get("network_mode") != "host", (file, name)
+    env_example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                       if line and not line.startswith("#"))
+    assert env_example["BIND_ADDRESS"] == "127.0.0.1"  # the documented default, opened by editing it
+
+
 def test_no_secret_in_compose_or_image():
     text = (ROOT / "compose.yaml").read_text()
     for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD"):
@@ -84,7 +110,7 @@ def test_monitoring_services_are_pinned_and_provisioned():
         image = SERVICES[name]["image"]
         tag = image.rpartition(":")[2]
         assert ":" in image and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag), image
-    assert "15692:15692" in SERVICES["rabbitmq"]["ports"]
+    assert "15692:15692" in published(SERVICES["rabbitmq"])
     plugins = next(v for v in SERVICES["rabbitmq"]["volumes"] if v.endswith("/etc/rabbitmq/enabled_plugins:ro"))
     assert "rabbitmq_prometheus" in (ROOT / plugins.split(":")[0]).read_text()
     mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}

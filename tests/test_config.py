@@ -70,6 +70,15 @@ def test_bad_file_values_name_the_key(tmp_path, text, words):
     ({"CARTRIDGE_ACTOR_PARALLEL_GAMES": "0"}, ["parallel_games"]),
     ({"CARTRIDGE_STORAGE_S3_BUCKET": "dl"}, ["s3_bucket"]),
     ({"CARTRIDGE_STORAGE_S3_BUCKET": "Models_2"}, ["s3_bucket"]),
+    ({"CARTRIDGE_BROKER_URL": "amqp+ssl://h/"}, ["url", "amqps?://"]),
+    ({"CARTRIDGE_BROKER_MANAGEMENT_URL": "h:15671"}, ["management_url", "https?://"]),
+    ({"CARTRIDGE_STORAGE_S3_ENDPOINT_URL": "s3://h"}, ["s3_endpoint_url"]),
+    ({"CARTRIDGE_BROKER_CA_FILE": "/no/such/ca.pem"}, ["ca_file", "/no/such/ca.pem", "does not exist"]),
+    ({"CARTRIDGE_STORAGE_S3_CA_FILE": "/no/such/ca.pem"}, ["s3_ca_file", "does not exist"]),
+    ({"CARTRIDGE_STORAGE_POSTGRES_URL": "postgresql://u:pw@h/x?sslrootcert=/ca.pem"},
+     ["postgres_url", "sslrootcert", "verify-full"]),
+    ({"CARTRIDGE_STORAGE_POSTGRES_URL": "postgresql://u@h/x?sslmode=prefer&sslrootcert=/ca.pem"},
+     ["postgres_url", "prefer", "not be checked"]),
 ])
 def test_bad_env_values_name_the_key(env, words):
     with pytest.raises(ConfigError) as err:
@@ -87,6 +96,35 @@ def test_passwords_are_masked_in_urls():
     assert mask_url("amqp://guest:secret@rabbit:5672/") == "amqp://guest:***@rabbit:5672/"
     assert "secret" not in mask_url("postgresql://app:secret@db/cartridge")
     assert mask_url("http://minio:9000") == "http://minio:9000"
+    assert mask_url("amqps://actor:s3cret@rabbit:5671/?cafile=/ca.pem") == "amqps://actor:***@rabbit:5671/?cafile=/ca.pem"
+    assert "s3cret" not in mask_url("postgresql://app:s3cret@db/x?sslmode=verify-full&sslrootcert=/ca.pem")
+
+
+def test_tls_is_switched_by_the_urls_and_a_ca_file_needs_one(tmp_path):
+    """amqps://, https:// and sslmode=verify-full with the CA files that go with them are
+    accepted; a CA file next to a plaintext URL is an error (it would never be used), so a
+    half-done switch to TLS never runs in plaintext unnoticed."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # read when connecting, not here
+    tls = {"CARTRIDGE_BROKER_URL": "amqps://actor:pw@rabbit:5671/", "CARTRIDGE_BROKER_CA_FILE": str(ca),
+           "CARTRIDGE_BROKER_MANAGEMENT_URL": "https://rabbit:15671",
+           "CARTRIDGE_STORAGE_POSTGRES_URL": f"postgresql://u@db/x?sslmode=verify-full&sslrootcert={ca}",
+           "CARTRIDGE_STORAGE_S3_ENDPOINT_URL": "https://minio:9000", "CARTRIDGE_STORAGE_S3_CA_FILE": str(ca)}
+    cfg = load_config(environ=tls)
+    assert cfg.broker.ca_file == cfg.storage.s3_ca_file == str(ca)
+    assert cfg.storage.postgres_url.endswith(f"sslrootcert={ca}")
+    assert load_config(environ={}).broker.ca_file == ""  # default: the system's trust store
+    for plaintext, words in [
+        ({"CARTRIDGE_BROKER_URL": "amqp://actor:pw@rabbit/", "CARTRIDGE_BROKER_MANAGEMENT_URL": "http://rabbit:15672"},
+         ["[broker]", "ca_file", "plaintext"]),
+        ({"CARTRIDGE_STORAGE_S3_ENDPOINT_URL": "http://minio:9000"}, ["[storage]", "s3_ca_file", "plaintext"]),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(environ={**tls, **plaintext})
+        for word in words:
+            assert word in str(err.value)
+    # One of the broker's two connections on TLS is enough for its CA file.
+    assert load_config(environ={**tls, "CARTRIDGE_BROKER_URL": "amqp://actor:pw@rabbit/"}).broker.ca_file
 
 
 def test_service_exits_2_naming_the_key():

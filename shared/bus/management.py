@@ -1,5 +1,6 @@
 """Queue depths from RabbitMQ's management API (`broker.management_url`), logged in with
-`broker.url`'s user and password: what is waiting for ingest, and what was dead-lettered."""
+`broker.url`'s user and password: what is waiting for ingest, and what was dead-lettered.
+An `https://` API is verified against `broker.ca_file` when set."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
+from shared import tls
 from shared.config import BrokerConfig
 from shared.retry import DependencyError
 
@@ -23,9 +25,12 @@ async def queue_depths(broker: BrokerConfig) -> list[dict]:
     login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
     auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
     base = broker.management_url.rstrip("/")
+    # True: aiohttp's default verification (the system's trust store).
+    context = (tls.client_context(broker.ca_file) if base.startswith("https://") else None) or True
     out = []
     try:
-        async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+        async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                                         connector=aiohttp.TCPConnector(ssl=context)) as http:
             for name in (broker.transitions_queue, broker.dead_letter_queue):
                 async with http.get(f"{base}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}") as reply:
                     if reply.status == 404:
@@ -37,5 +42,7 @@ async def queue_depths(broker: BrokerConfig) -> list[dict]:
                 out.append({"name": name, "ready": q.get("messages_ready", 0),
                             "unacked": q.get("messages_unacknowledged", 0), "consumers": q.get("consumers", 0)})
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        if (error := tls.certificate_error(exc)) is not None:
+            raise DependencyError(tls.untrusted(f"RabbitMQ management API at {base}", error, "broker.ca_file")) from None
         raise DependencyError(f"RabbitMQ management API at {base} is unreachable: {exc or type(exc).__name__}") from None
     return out

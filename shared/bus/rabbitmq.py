@@ -39,6 +39,7 @@ from aiormq.exceptions import (
     ProbableAuthenticationError,
 )
 
+from shared import tls
 from shared.bus.base import BacklogFull, BusUnavailable
 from shared.config import BrokerConfig, mask_url
 from shared.retry import Link, Refused, reach
@@ -52,22 +53,41 @@ ERROR_HEADER = "x-cartridge-error"  # why a message was dead-lettered
 RECONNECT_INTERVAL_S = 1.0  # a robust connection's retry period after it was lost
 
 
+def connection_options(broker: BrokerConfig) -> dict:
+    """What every AMQP connection of a service is opened with besides the URL: the TLS
+    context trusting `broker.ca_file`, when set (else aiormq's own: the system's trust
+    store, or a `cafile` query parameter of the URL)."""
+    context = tls.client_context(broker.ca_file) if broker.url.startswith("amqps://") else None
+    return {"ssl_context": context} if context is not None else {}
+
+
+def untrusted_broker(broker: BrokerConfig, exc: BaseException) -> str | None:
+    """The line for a broker whose TLS certificate is not trusted, if that is why `exc`
+    happened."""
+    error = tls.certificate_error(exc)
+    return tls.untrusted(f"RabbitMQ at {mask_url(broker.url)}", error, "broker.ca_file") if error else None
+
+
 async def connect(broker: BrokerConfig, *, name: str) -> AbstractRobustConnection:
     """A robust connection: after a broker restart it re-opens itself and restores its
     channels, queues and consumers (publishes in flight at that moment still fail and
     must be retried by the caller). At start-up the broker may not be up yet: retry
-    with exponential backoff, at most `connect_attempts` times. A refused login is a
-    configuration error and fails at once."""
+    with exponential backoff, at most `connect_attempts` times. A refused login or an
+    untrusted TLS certificate is a configuration error and fails at once."""
     url = mask_url(broker.url)
 
     async def attempt() -> AbstractRobustConnection:
         try:
             return await aio_pika.connect_robust(
                 broker.url, client_properties={"connection_name": name},
-                reconnect_interval=RECONNECT_INTERVAL_S,
+                reconnect_interval=RECONNECT_INTERVAL_S, **connection_options(broker),
             )
         except ProbableAuthenticationError as exc:
             raise Refused(f"RabbitMQ at {url} refused the login: {exc}") from None
+        except (OSError, AMQPConnectionError) as exc:
+            if (untrusted := untrusted_broker(broker, exc)) is not None:
+                raise Refused(untrusted) from None
+            raise
 
     connection = await reach(f"RabbitMQ at {url}", attempt, attempts=broker.connect_attempts,
                              errors=(OSError, AMQPConnectionError))

@@ -14,7 +14,7 @@ from shared.evaluations import (
 from shared.games import get_game
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
-from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay
+from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay, refusing_untrusted
 from shared.retry import Link, reach
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ class PostgresEvaluations:
         replay = PostgresReplay(self.storage, get_game("tictactoe"))
 
         async def attempt() -> None:
-            await replay._create_database()
+            with refusing_untrusted(self.url):
+                await replay._create_database()
             self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
 
         await reach(f"PostgreSQL at {mask_url(self.url)}", attempt, attempts=self.storage.connect_attempts,

@@ -1,5 +1,6 @@
 """The model store on S3 (MinIO, AWS S3, Ceph): plain S3 calls through aioboto3, path-style
-addressing, the bucket created if missing (and never made public).
+addressing, the bucket created if missing (and never made public). TLS: an `https://`
+endpoint, verified against `storage.s3_ca_file` when set.
 
 "Only if absent" is a conditional put (`If-None-Match: *`), so two writers can never both
 create a version. A server that rejects that header (501 NotImplemented) gets a HEAD
@@ -18,6 +19,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from shared import tls
 from shared.config import StorageConfig, mask_url
 from shared.model_store.base import ObjectModelStore, ObjectTooLarge, StoreUnavailable
 from shared.retry import Link, Refused, reach
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 # What a dead or dropped endpoint raises: botocore's connect errors (refused, DNS, connect
 # timeout), its read errors (read timeout, closed connection), and aiohttp's own.
 _UNREACHABLE = (BotoConnectionError, HTTPClientError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class UntrustedEndpoint(StoreUnavailable):
+    """The endpoint's TLS certificate is not trusted (while running, retried as any outage:
+    the certificate or `storage.s3_ca_file` may be fixed)."""
 
 
 class S3ModelStore(ObjectModelStore):
@@ -54,6 +61,7 @@ class S3ModelStore(ObjectModelStore):
         )
         self._s3 = await self._stack.enter_async_context(session.client(
             "s3", endpoint_url=self.storage.s3_endpoint_url or None, config=self._boto_config,
+            verify=self.storage.s3_ca_file or None,  # None: botocore's own trust store
         ))
         try:
             await reach(self._endpoint, self._ensure_bucket, attempts=self.storage.connect_attempts,
@@ -87,6 +95,10 @@ class S3ModelStore(ObjectModelStore):
         except ClientError:
             raise
         except _UNREACHABLE as exc:
+            if (error := tls.certificate_error(exc)) is not None:
+                message = tls.untrusted(self.link.name, error, "storage.s3_ca_file")
+                self.link.failed(message)
+                raise UntrustedEndpoint(message) from None
             raise self._unavailable(f"unreachable ({type(exc).__name__}: {exc})") from None
         self.link.ok()
         return result
@@ -96,6 +108,8 @@ class S3ModelStore(ObjectModelStore):
     async def _ensure_bucket(self) -> None:
         try:
             await self._call(self._s3.head_bucket, Bucket=self.bucket)
+        except UntrustedEndpoint as exc:  # at start-up: trying again will not make it trusted
+            raise Refused(str(exc)) from None
         except ClientError as exc:
             if _status(exc) in (401, 403):  # wrong credentials or no permission: retrying won't help
                 raise Refused(str(self._unavailable(f"access refused: {_code(exc)}"))) from None

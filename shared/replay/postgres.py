@@ -32,6 +32,7 @@ place: it becomes the first partition (`<table>_p0`), nothing is copied.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -39,6 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 import numpy as np
 
+from shared import tls
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
@@ -66,6 +68,19 @@ _BOUND = re.compile(r"FROM \('?(MINVALUE|-?\d+)'?\) TO \('?(MAXVALUE|-?\d+)'?\)"
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
+@contextlib.contextmanager
+def refusing_untrusted(url: str):
+    """Around connecting at start-up: a server whose TLS certificate is not trusted is
+    refused at once (retrying will not make it trusted), naming the URL's setting."""
+    try:
+        yield
+    except Exception as exc:
+        if (error := tls.certificate_error(exc)) is not None:
+            raise Refused(tls.untrusted(f"PostgreSQL at {mask_url(url)}", error,
+                                        "sslrootcert in storage.postgres_url")) from None
+        raise
+
+
 class PostgresReplay:
     def __init__(self, storage: StorageConfig, game: Game):
         self.url = storage.postgres_url
@@ -91,7 +106,8 @@ class PostgresReplay:
     async def __aenter__(self) -> "PostgresReplay":
         async def attempt() -> None:
             try:
-                await self._create_database()
+                with refusing_untrusted(self.url):
+                    await self._create_database()
             except asyncpg.InvalidAuthorizationSpecificationError as exc:  # bad user/password
                 raise Refused(f"PostgreSQL at {mask_url(self.url)} refused the login: {exc}") from None
             self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
