@@ -189,6 +189,10 @@ class BrokerConfig(_Section):
     the web page read."""
     management_url: str = "http://127.0.0.1:15672"
     """RabbitMQ's management API (queue depths), logged in as `url`'s user and password."""
+    declare: bool = True
+    """Declare the exchanges and queues at start-up (a login with every right, as guest in
+    development). false: only check that they exist (passive declares need no right), as a
+    least-privilege login must; `cartridge provision` declares them as the admin."""
 
 
 class IngestConfig(_Section):

@@ -14,15 +14,20 @@ from shared.retry import DependencyError
 TIMEOUT_S = 5.0
 
 
+def api_login(broker: BrokerConfig) -> tuple[str, str, dict[str, str]]:
+    """`(API base URL, vhost, Authorization header)` for `broker.url`'s vhost and login."""
+    amqp = urlsplit(broker.url)
+    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
+    return (broker.management_url.rstrip("/"), vhost,
+            {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()})
+
+
 async def queue_depths(broker: BrokerConfig) -> list[dict]:
     """`[{"name", "ready", "unacked", "consumers"}]` for the transitions and dead-letter
     queues (a queue not declared yet is left out); `DependencyError` naming the API if it
     cannot be asked."""
-    amqp = urlsplit(broker.url)
-    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-    login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
-    auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
-    base = broker.management_url.rstrip("/")
+    base, vhost, auth = api_login(broker)
     out = []
     try:
         async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
