@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import aiohttp
 import asyncpg
+import msgspec
 
 from shared.bus.management import api_login
 from shared.config import BrokerConfig, Config, StorageConfig, mask_url
@@ -79,8 +80,6 @@ def broker_rights(broker: BrokerConfig, path: Path = USERS_FILE) -> dict[str, di
 
 async def declare_broker_topology(broker: BrokerConfig) -> None:
     """Every exchange and queue the services use, declared as the admin."""
-    import msgspec
-
     from shared.bus.rabbitmq import bind_event_queue, connect, declare_topology
     from shared.heartbeat import declare as declare_heartbeats
 
@@ -138,8 +137,9 @@ async def provision_postgres_roles(storage: StorageConfig, passwords: Mapping[st
                 if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                     await conn.execute(f"CREATE ROLE {quote_ident(role)} LOGIN")
                 # A password cannot be a query parameter in DDL: format() quotes it as a literal.
-                await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
-                                                       role, passwords[service]))
+                alter = await conn.fetchval("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                                            role, passwords[service])
+                await conn.execute(alter)
             database = await conn.fetchval("SELECT current_database()")
             names = {service: quote_ident(role) for service, role in roles.items()}
             await conn.execute(path.read_text().format(database=quote_ident(database), **names))
@@ -156,7 +156,11 @@ async def provision(config: Config, environ: Mapping[str, str], *, broker: bool 
     passwords = {s: password_of(s, environ) for s in sorted(services)}  # all missing ones fail before any change
     if broker:
         await declare_broker_topology(config.broker)
-        users = await provision_broker_users(config.broker, passwords, prefix=prefix)
+        try:
+            users = await provision_broker_users(config.broker, passwords, prefix=prefix)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DependencyError(f"RabbitMQ management API at {config.broker.management_url}: "
+                                  f"{exc or type(exc).__name__}") from None
         print(f"RabbitMQ {mask_url(config.broker.url)}: topology declared; users {', '.join(users)}")
     if postgres:
         try:
