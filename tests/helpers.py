@@ -94,8 +94,8 @@ async def delete_logins(prefix: str, database_url: str | None = None) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             roles = [r[0] for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", prefix)]
-            if roles:
-                await conn.execute("DROP OWNED BY " + ", ".join(f'"{r}"' for r in roles) + " CASCADE")
+            for role in roles:  # one at a time: PostgreSQL fails on default ACLs shared by several
+                await conn.execute(f'DROP OWNED BY "{role}" CASCADE')
         finally:
             await conn.close()
     async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("guest", "guest")) as http:
