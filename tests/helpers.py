@@ -89,6 +89,9 @@ async def delete_logins(prefix: str, database_url: str | None = None) -> None:
     import aiohttp
     import asyncpg
 
+    from shared.bus.management import api_login
+    from shared.config import BrokerConfig
+
     services = ("actor", "ingest", "trainer", "evaluator", "operator", "web")
     if database_url:
         conn = await asyncpg.connect(database_url)
@@ -98,9 +101,10 @@ async def delete_logins(prefix: str, database_url: str | None = None) -> None:
                 await conn.execute(f'DROP OWNED BY "{role}" CASCADE')
         finally:
             await conn.close()
-    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("guest", "guest")) as http:
+    base, _, auth = api_login(BrokerConfig())  # guest, on this machine's broker
+    async with aiohttp.ClientSession(headers=auth) as http:
         for s in services:
-            async with http.delete(f"http://127.0.0.1:15672/api/users/{prefix}{s}"):
+            async with http.delete(f"{base}/api/users/{prefix}{s}"):
                 pass
     conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
     try:
