@@ -315,9 +315,11 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        codes = {n: p.wait(timeout=60) for n, p in procs.items()}
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
-                        f'DROP DATABASE IF EXISTS "{dotenv["POSTGRES_DB"]}" WITH (FORCE)'],
-                       capture_output=True)
-        asyncio.run(delete_logins(prefix))
+        try:
+            codes = {n: p.wait(timeout=60) for n, p in procs.items()}
+        finally:
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
+                            f'DROP DATABASE IF EXISTS "{dotenv["POSTGRES_DB"]}" WITH (FORCE)'],
+                           capture_output=True)
+            asyncio.run(delete_logins(prefix))  # after the database: the roles own its tables
     assert all(code == 0 for code in codes.values()), codes  # SIGTERM: a clean exit
