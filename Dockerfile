@@ -16,6 +16,9 @@ COPY shared ./shared
 COPY services ./services
 COPY cartridge ./cartridge
 RUN pip install .
+# What `cartridge provision` applies (read from the working directory).
+COPY deploy/rabbitmq/users.toml ./deploy/rabbitmq/
+COPY deploy/postgres/roles.sql ./deploy/postgres/
 
 # No credentials in the image: services read them from the environment at run time.
 RUN useradd --create-home --uid 10001 cartridge

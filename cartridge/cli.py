@@ -16,6 +16,7 @@ COMMANDS = {
     "status": ("cartridge.status", "show every running service, queue depths, models; exit 1 if one is down"),
     "web": ("cartridge.web", "serve the web page: training curves, ratings, play a model"),
     "reload": ("cartridge.reload", "ask every actor to load a model version now"),
+    "provision": ("cartridge.provision", "as the admin: declare the broker topology, make each service's login"),
     "analyze": ("cartridge.analyze", "print a model's move choices for positions"),
     "arena": ("cartridge.arena", "play a model against a fixed opponent and count wins"),
 }

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.32.0"  # the kubectl this repository's CI installs renders for 1.32
-KINDS = ("configmap-v1", "service-v1", "deployment-apps-v1", "statefulset-apps-v1")
+KINDS = ("configmap-v1", "service-v1", "deployment-apps-v1", "statefulset-apps-v1", "job-batch-v1")
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "kubernetes-schemas"
 REF = re.compile(r'"\$ref":\s*"[^"#]*#/\$defs/([^"]+)"')
 

@@ -238,6 +238,10 @@ class BrokerConfig(_Section):
     management_url: HttpUrl = "http://127.0.0.1:15672"
     """RabbitMQ's management API (queue depths), logged in as `url`'s user and password
     (sent with every request: use `https://` whenever it leaves the machine)."""
+    declare: bool = True
+    """Declare the exchanges and queues at start-up (a login with every right, as guest in
+    development). false: only check that they exist (passive declares need no right), as a
+    least-privilege login must; `cartridge provision` declares them as the admin."""
 
     def __post_init__(self):
         _check_ca_file("ca_file", self.ca_file)

@@ -1,7 +1,8 @@
 """Heartbeats on RabbitMQ: every service sends its `status()` snapshot every few seconds,
 so that `cartridge status` and the web page see every service, actors on other hosts too.
 
-Topology (declared idempotently by senders and readers): a fanout exchange
+Topology (declared idempotently by senders and readers, or only checked with
+`broker.declare` off): a fanout exchange
 `broker.heartbeats`, bound to a stream queue of the same name. A stream is read without
 being consumed away, from any point in time: a reader starting now asks for the last
 `status.lookback_s` seconds and sees every service that beat in that window, including
@@ -41,6 +42,9 @@ LAST_BEAT_S = 3.0  # how long a stopping service waits to say so
 
 
 async def declare(channel: AbstractChannel, broker: BrokerConfig) -> tuple[aio_pika.abc.AbstractExchange, AbstractQueue]:
+    if not broker.declare:  # a least-privilege login: the admin declared them (passive needs no right)
+        return (await channel.get_exchange(broker.heartbeats, ensure=True),
+                await channel.declare_queue(broker.heartbeats, passive=True))
     exchange = await channel.declare_exchange(broker.heartbeats, aio_pika.ExchangeType.FANOUT, durable=True)
     stream = await channel.declare_queue(broker.heartbeats, durable=True, arguments=STREAM_ARGUMENTS)
     await stream.bind(exchange)

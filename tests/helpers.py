@@ -81,3 +81,34 @@ def get(url: str, timeout: float = 10) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError as exc:
         return 0, str(exc)
+
+
+async def delete_logins(prefix: str, database_url: str | None = None) -> None:
+    """The RabbitMQ users and PostgreSQL roles `cartridge provision --prefix` made; what the
+    roles own in `database_url` is dropped first (none if that database is gone)."""
+    import aiohttp
+    import asyncpg
+
+    from shared.bus.management import api_login
+    from shared.config import BrokerConfig
+
+    services = ("actor", "ingest", "trainer", "evaluator", "operator", "web")
+    if database_url:
+        conn = await asyncpg.connect(database_url)
+        try:
+            roles = [r[0] for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", prefix)]
+            for role in roles:  # one at a time: PostgreSQL fails on default ACLs shared by several
+                await conn.execute(f'DROP OWNED BY "{role}" CASCADE')
+        finally:
+            await conn.close()
+    base, _, auth = api_login(BrokerConfig())  # guest, on this machine's broker
+    async with aiohttp.ClientSession(headers=auth) as http:
+        for s in services:
+            async with http.delete(f"{base}/api/users/{prefix}{s}"):
+                pass
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        for s in services:
+            await conn.execute(f'DROP ROLE IF EXISTS "{prefix}{s}"')
+    finally:
+        await conn.close()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.prometheus import api, dashboard_queries, finite_points, free_port, local_config, running_prometheus
-from tests.helpers import get
+from tests.helpers import delete_logins, get
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official Compose schema (compose-spec, Apache-2.0; see tests/data/compose-spec/LICENSE),
@@ -66,9 +66,40 @@ def test_app_services_wait_for_healthy_dependencies():
         depends = SERVICES[name]["depends_on"]
         assert isinstance(depends, dict), name
         for dep, rule in depends.items():
-            expected = "service_completed_successfully" if dep == "minio-init" else "service_healthy"
+            expected = "service_completed_successfully" if dep in ("minio-init", "provision") else "service_healthy"
             assert rule["condition"] == expected, (name, dep)
-    assert SERVICES["trainer"]["depends_on"].keys() >= {"postgres", "rabbitmq", "minio-init"}
+    assert SERVICES["trainer"]["depends_on"].keys() >= {"postgres", "rabbitmq", "minio-init", "provision"}
+    for name in APPS:  # every app logs in as itself, after the admin made the logins
+        assert "provision" in SERVICES[name]["depends_on"], name
+
+
+def test_each_app_has_its_own_login_and_only_the_servers_it_uses():
+    uses = {"actor": {"BROKER", "S3"}, "ingest": {"BROKER", "POSTGRES"}, "trainer": {"BROKER", "POSTGRES", "S3"},
+            "evaluator": {"BROKER", "POSTGRES", "S3"}, "web": {"BROKER", "POSTGRES", "S3"},
+            "operator": {"BROKER", "S3"}}
+    for name, servers in uses.items():
+        env = SERVICES[name]["environment"]
+        password = f"${{{name.upper()}_PASSWORD:?copy .env.example to .env}}"
+        logins = {"BROKER": "CARTRIDGE_BROKER_URL", "POSTGRES": "CARTRIDGE_STORAGE_POSTGRES_URL",
+                  "S3": "CARTRIDGE_STORAGE_S3_SECRET_KEY"}
+        assert {server for server, key in logins.items() if key in env} == servers, name
+        for server in servers:
+            assert password in env[logins[server]], (name, server)
+        for key in ("CARTRIDGE_BROKER_URL", "CARTRIDGE_STORAGE_POSTGRES_URL"):
+            assert key not in env or f"://cartridge_{name}:" in env[key], (name, key)
+        assert env.get("CARTRIDGE_STORAGE_S3_ACCESS_KEY", f"cartridge_{name}") == f"cartridge_{name}"
+        assert env["CARTRIDGE_BROKER_DECLARE"] == "false", name  # the topology is the admin's
+    text = (ROOT / "compose.yaml").read_text()
+    for admin in ("RABBITMQ_USER", "POSTGRES_USER", "MINIO_ROOT_USER"):  # only the one-shots log in as admin
+        users = {name for name, spec in SERVICES.items() if admin in json.dumps(spec)}
+        assert users <= {"provision", "minio-init", "postgres", "rabbitmq", "minio"}, (admin, users)
+    # minio-init gives every S3 user its policy file.
+    script = " ".join(SERVICES["minio-init"]["command"])
+    assert "./deploy/minio:/policies:ro" in SERVICES["minio-init"]["volumes"]
+    for name in ("actor", "trainer", "evaluator", "operator", "web"):
+        assert (ROOT / "deploy" / "minio" / f"{name}.json").exists() and f"{name} \"$${{{name.upper()}_PASSWORD}}\"" in script
+    shared = text.split("x-app:")[1].split("services:")[0]
+    assert not re.search(r"PASSWORD|_USER|ACCESS_KEY|SECRET_KEY|BROKER_URL|POSTGRES_URL", shared)  # no login shared by all
 
 
 @pytest.mark.parametrize("file", ["compose.yaml", "compose.actors.yaml"])
@@ -92,7 +123,9 @@ def test_published_ports_listen_on_loopback_unless_opened(file):
 
 def test_no_secret_in_compose_or_image():
     text = (ROOT / "compose.yaml").read_text()
-    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD"):
+    logins = ("ACTOR_PASSWORD", "INGEST_PASSWORD", "TRAINER_PASSWORD", "EVALUATOR_PASSWORD", "OPERATOR_PASSWORD",
+              "WEB_PASSWORD")
+    for var in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD", *logins):
         # Every use of a password is a required variable, with no default value.
         uses = re.findall(r"(?<!\$)\$\{" + var + r"([^}]*)\}", text)  # `$${..}`: the container's shell
         assert uses and all(u.startswith(":?") for u in uses), var
@@ -102,7 +135,7 @@ def test_no_secret_in_compose_or_image():
     assert "anonymous set none" in " ".join(SERVICES["minio-init"]["command"])
     env_example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                        if line and not line.startswith("#"))
-    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD"} <= env_example.keys()
+    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_PASSWORD", *logins} <= env_example.keys()
 
 
 def test_monitoring_services_are_pinned_and_provisioned():
@@ -194,9 +227,13 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         "RABBITMQ_USER": "guest", "RABBITMQ_PASSWORD": "guest",
         "MINIO_ROOT_USER": "testing", "MINIO_ROOT_PASSWORD": "testing-secret",
         "MINIO_BUCKET": f"cartridge-compose-{test_id}",
+        **{f"{s.upper()}_PASSWORD": f"{s}-{test_id}" for s in ("actor", "ingest", "trainer", "evaluator", "operator", "web")},
     }
+    # The logins are this test's own (`provision --prefix`): cartridge_<service> -> t<id>_<service>.
+    prefix = f"t{test_id}_"
     hosts = {"@postgres:5432": "@127.0.0.1:5432", "@rabbitmq:5672": "@127.0.0.1:5672",
-             "http://minio:9000": moto_server, "http://rabbitmq:15672": "http://127.0.0.1:15672"}
+             "http://minio:9000": moto_server, "http://rabbitmq:15672": "http://127.0.0.1:15672",
+             "://cartridge_": f"://{prefix}"}
     web_port = free_port()
     # The test's own knobs: its own queues, and a small fast game, so it finishes quickly.
     harness = {
@@ -223,6 +260,12 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
     stack = contextlib.ExitStack()
     started = time.time()
     try:
+        # The admin's one-shot first, as compose runs it: topology, RabbitMQ users, database
+        # roles; every app then logs in as itself with only its rights.
+        command, environment = local_process("provision", dotenv, hosts)
+        provision = subprocess.run(command + ["--prefix", prefix], env={**base, **environment, **harness}, cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=300)
+        assert provision.returncode == 0, provision.stderr[-3000:]
         for name, service in [("ingest", "ingest"), ("trainer", "trainer"),
                               ("actor-1", "actor"), ("actor-2", "actor"), ("actor-3", "actor"),
                               ("evaluator", "evaluator"), ("web", "web")]:
@@ -297,8 +340,11 @@ def test_compose_commands_run_the_pipeline(moto_server, test_id, broker_names, t
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        codes = {n: p.wait(timeout=60) for n, p in procs.items()}
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
-                        f'DROP DATABASE IF EXISTS "{dotenv["POSTGRES_DB"]}" WITH (FORCE)'],
-                       capture_output=True)
+        try:
+            codes = {n: p.wait(timeout=60) for n, p in procs.items()}
+        finally:
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
+                            f'DROP DATABASE IF EXISTS "{dotenv["POSTGRES_DB"]}" WITH (FORCE)'],
+                           capture_output=True)
+            asyncio.run(delete_logins(prefix))  # after the database: the roles own its tables
     assert all(code == 0 for code in codes.values()), codes  # SIGTERM: a clean exit

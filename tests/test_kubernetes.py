@@ -6,6 +6,7 @@ locally with the environment its Deployment gives it."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ import yaml
 from referencing import Registry, Resource
 
 from tests.prometheus import free_port
-from tests.helpers import get
+from tests.helpers import delete_logins, get
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -36,6 +37,8 @@ SCHEMAS = ROOT / "tests" / "data" / "kubernetes-schemas" / "v1.32.0"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
 CONFIG = tomllib.loads((ROOT / "config.toml").read_text())
 APPS = ("actor", "ingest", "trainer", "evaluator", "web")
+# The Secrets only the admin's Job provision may read.
+ADMIN_SECRETS = {"cartridge-broker", "cartridge-postgres", "rabbitmq-default-user", "postgres-superuser", "postgres-app"}
 # The kinds without a schema here, each checked by a test below.
 CUSTOM = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
           ("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("postgresql.cnpg.io/v1", "Cluster"),
@@ -143,8 +146,11 @@ def test_the_schemas_catch_a_mistake():
 
 
 def test_every_app_service_of_compose_is_deployed():
-    apps = {name for name, spec in COMPOSE.items() if spec.get("image") == COMPOSE["actor"]["image"]}
-    assert apps and apps <= set(APPS)
+    # Not the tools run by hand (a compose profile); the one-shot provision is a Job here.
+    apps = {name for name, spec in COMPOSE.items()
+            if spec.get("image") == COMPOSE["actor"]["image"] and not spec.get("profiles")}
+    assert apps and apps - {"provision"} <= set(APPS)
+    assert "provision" in apps and "provision" in objects("single-node", "Job")
 
 
 @pytest.mark.parametrize("service", APPS)
@@ -195,7 +201,7 @@ def test_deployments_scale_probe_and_bound_their_resources(overlay):
 
 def test_pods_run_as_the_images_user():
     uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text())[1]
-    for deployment in objects("single-node", "Deployment").values():
+    for deployment in [*objects("single-node", "Deployment").values(), *objects("single-node", "Job").values()]:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == int(uid)
         assert container(deployment)["securityContext"]["allowPrivilegeEscalation"] is False
@@ -207,7 +213,8 @@ def test_credentials_come_only_from_secrets(overlay):
     for tree in KUBERNETES.rglob("*.yaml"):
         assert not re.search(r"^kind:\s*Secret\b", tree.read_text(), re.M), tree
     secret_like = re.compile(r"USER|PASSWORD|PASS$|ACCESS_KEY|SECRET_KEY")
-    workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values()]
+    workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values(),
+                 *objects(overlay, "Job").values()]
     for workload in workloads:
         for c in workload["spec"]["template"]["spec"]["containers"]:
             for e in c.get("env", []):
@@ -217,16 +224,43 @@ def test_credentials_come_only_from_secrets(overlay):
                     assert re.fullmatch(r"\$\(\w+\):\$\(\w+\)", value), (e["name"], value)
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_logs_in_as_itself_and_only_provision_as_the_admin(overlay):
+    users = tomllib.loads((ROOT / "deploy" / "rabbitmq" / "users.toml").read_text())
+    for name, deployment in objects(overlay, "Deployment").items():
+        env, refs = env_of(deployment), secret_refs(deployment)
+        assert env["LOGIN"]["value"] == f"cartridge_{name}"
+        assert refs["LOGIN_PASSWORD"] == ("cartridge-logins", name)
+        assert env["CARTRIDGE_BROKER_URL"]["value"].startswith("amqp://$(LOGIN):$(LOGIN_PASSWORD)@")
+        assert env["CARTRIDGE_BROKER_DECLARE"]["value"] == "false"  # the topology is the admin's
+        assert ("CARTRIDGE_STORAGE_POSTGRES_URL" in env) == (name != "actor")  # actors have no database login
+        assert not {secret for secret, _ in refs.values()} & ADMIN_SECRETS, name
+    job = objects(overlay, "Job")["provision"]
+    c = container(job)
+    assert c["command"] == COMPOSE["provision"]["command"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    refs = secret_refs(job)
+    assert {f"{service.upper()}_PASSWORD" for service in users} <= refs.keys()
+    assert all(refs[f"{service.upper()}_PASSWORD"] == ("cartridge-logins", service) for service in users)
+    defined = set()  # Kubernetes expands $(VAR) only from variables defined above it
+    for e in c["env"]:
+        assert set(re.findall(r"\$\((\w+)\)", e.get("value", ""))) <= defined, e["name"]
+        defined.add(e["name"])
+    (volume,) = job["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == config_map(overlay, "cartridge-config")["metadata"]["name"]
+
+
 def test_single_node_servers_take_the_apps_secrets():
-    """The StatefulSets' first users are the ones the apps log in with, at the hosts the
-    apps are told."""
+    """The StatefulSets' first users are the admins the Job provision logs in with (and
+    MinIO's the one the apps use), at the hosts the apps are told."""
     apps = secret_refs(objects("single-node", "Deployment")["ingest"])
+    admin = secret_refs(objects("single-node", "Job")["provision"])
     servers = {name: env_of({"spec": s["spec"]}) for name, s in objects("single-node", "StatefulSet").items()}
     ref = lambda server, var: tuple(servers[server][var]["valueFrom"]["secretKeyRef"][k] for k in ("name", "key"))
-    assert ref("rabbitmq", "RABBITMQ_DEFAULT_USER") == apps["BROKER_USER"]
-    assert ref("rabbitmq", "RABBITMQ_DEFAULT_PASS") == apps["BROKER_PASSWORD"]
-    assert ref("postgres", "POSTGRES_USER") == apps["POSTGRES_USER"]
-    assert ref("postgres", "POSTGRES_PASSWORD") == apps["POSTGRES_PASSWORD"]
+    assert ref("rabbitmq", "RABBITMQ_DEFAULT_USER") == admin["BROKER_USER"]
+    assert ref("rabbitmq", "RABBITMQ_DEFAULT_PASS") == admin["BROKER_PASSWORD"]
+    assert ref("postgres", "POSTGRES_USER") == admin["POSTGRES_USER"]
+    assert ref("postgres", "POSTGRES_PASSWORD") == admin["POSTGRES_PASSWORD"]
     assert ref("minio", "MINIO_ROOT_USER") == apps["CARTRIDGE_STORAGE_S3_ACCESS_KEY"]
     assert ref("minio", "MINIO_ROOT_PASSWORD") == apps["CARTRIDGE_STORAGE_S3_SECRET_KEY"]
     assert servers["postgres"]["POSTGRES_DB"]["value"] == endpoints("single-node")["postgres-db"]
@@ -261,8 +295,8 @@ def test_keda_scales_ingest_on_the_transitions_queue(overlay):
     assert host.username is None  # the login comes from the TriggerAuthentication
     auth = objects(overlay, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
     refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
-    ingest = secret_refs(objects(overlay, "Deployment")["ingest"])
-    assert refs == {"username": ingest["BROKER_USER"], "password": ingest["BROKER_PASSWORD"]}
+    admin = secret_refs(objects(overlay, "Job")["provision"])  # passive checks need no right; the admin's login
+    assert refs == {"username": admin["BROKER_USER"], "password": admin["BROKER_PASSWORD"]}
 
 
 def test_operators_resources_match_what_the_services_use():
@@ -273,19 +307,22 @@ def test_operators_resources_match_what_the_services_use():
     postgres = found[("postgresql.cnpg.io/v1", "Cluster")]
     tenant = found[("minio.min.io/v2", "Tenant")]
     hosts, apps = endpoints("operators"), secret_refs(objects("operators", "Deployment")["trainer"])
+    admin = secret_refs(objects("operators", "Job")["provision"])
     # RabbitMQ Cluster Operator: Service <name>, Secret <name>-default-user (username, password).
     assert hosts["broker-host"] == rabbit["metadata"]["name"] and hosts["broker-port"] == "5672"
-    assert apps["BROKER_USER"] == (f"{rabbit['metadata']['name']}-default-user", "username")
-    assert apps["BROKER_PASSWORD"] == (f"{rabbit['metadata']['name']}-default-user", "password")
+    assert admin["BROKER_USER"] == (f"{rabbit['metadata']['name']}-default-user", "username")
+    assert admin["BROKER_PASSWORD"] == (f"{rabbit['metadata']['name']}-default-user", "password")
     assert rabbit["spec"]["replicas"] == 1 and rabbit["spec"]["persistence"]["storage"]
     assert "rabbitmq_management" in rabbit["spec"]["rabbitmq"]["additionalPlugins"]
     assert urlsplit(hosts["broker-management-url"]).hostname == rabbit["metadata"]["name"]
-    # CloudNativePG: Service <name>-rw (the primary), Secret <name>-app for the initdb owner.
+    # CloudNativePG: Service <name>-rw (the primary), Secret <name>-superuser when enabled
+    # (making roles takes a superuser).
     assert hosts["postgres-host"] == f"{postgres['metadata']['name']}-rw"
     assert postgres["spec"]["bootstrap"]["initdb"]["database"] == hosts["postgres-db"]
     assert postgres["spec"]["bootstrap"]["initdb"]["owner"]
-    assert apps["POSTGRES_USER"] == (f"{postgres['metadata']['name']}-app", "username")
-    assert apps["POSTGRES_PASSWORD"] == (f"{postgres['metadata']['name']}-app", "password")
+    assert postgres["spec"]["enableSuperuserAccess"] is True
+    assert admin["POSTGRES_USER"] == (f"{postgres['metadata']['name']}-superuser", "username")
+    assert admin["POSTGRES_PASSWORD"] == (f"{postgres['metadata']['name']}-superuser", "password")
     assert postgres["spec"]["instances"] == 1 and postgres["spec"]["storage"]["size"]
     # MinIO Operator: Service <name> on port 80 without TLS; a user per Secret in `users`
     # with keys CONSOLE_ACCESS_KEY / CONSOLE_SECRET_KEY; the bucket made up front.
@@ -331,11 +368,15 @@ def web_available() -> bool:
 def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker_names, s3_endpoint, test_id, tmp_path):
     """The service started as its Deployment starts it (command, environment from the
     ConfigMaps and Secrets, config.toml from the ConfigMap), only the servers' addresses
-    pointed at this machine and the probe port moved to a free one: every probe path the
-    manifests name answers 200 once it runs."""
+    pointed at this machine and the probe port moved to a free one, after the Job provision
+    made its login (this test's own: LOGIN t<id>_<service>): every probe path the manifests
+    name answers 200 once it runs."""
     if service == "web" and not web_available():
         pytest.skip("`cartridge web` is not on this branch")
-    deployment = objects("single-node", "Deployment")[service]
+    prefix = f"t{test_id}_"
+    deployment = json.loads(json.dumps(objects("single-node", "Deployment")[service]))
+    (login,) = [e for e in container(deployment)["env"] if e["name"] == "LOGIN"]
+    login["value"] = login["value"].replace("cartridge_", prefix)
     config_maps = {m["metadata"]["name"]: dict(m["data"]) for m in objects("single-node", "ConfigMap").values()}
     endpoints_name = config_map("single-node", "cartridge-endpoints")["metadata"]["name"]
     s3 = urlsplit(s3_endpoint)
@@ -345,7 +386,8 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
         "s3-endpoint-url": f"{s3.scheme}://{s3.netloc}"})
     secrets = {"cartridge-broker": {"username": "guest", "password": "guest"},
                "cartridge-postgres": {"username": "postgres", "password": "unused-with-trust-auth"},
-               "cartridge-s3": {"access-key": "testing", "secret-key": "testing-secret"}}
+               "cartridge-s3": {"access-key": "testing", "secret-key": "testing-secret"},
+               "cartridge-logins": {s: f"{s}-{test_id}" for s in ("actor", "ingest", "trainer", "evaluator", "operator", "web")}}
     env = pod_environment(deployment, config_maps, secrets)
     config_file = tmp_path / "etc" / "config.toml"  # the ConfigMap's file, where the mount puts it
     config_file.parent.mkdir()
@@ -357,20 +399,27 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
     port = free_port()  # a pod has the port to itself; this machine does not
     port_variable = "CARTRIDGE_METRICS_PORT" if port_name == "metrics" else "CARTRIDGE_WEB_PORT"
     env[port_variable], env[port_variable.replace("PORT", "HOST")] = str(port), "127.0.0.1"
-    env.update({  # this test's own queues and bucket
+    names = {  # this test's own queues
         "CARTRIDGE_BROKER_TRANSITIONS_QUEUE": broker_names["transitions_queue"],
         "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": broker_names["dead_letter_exchange"],
         "CARTRIDGE_BROKER_DEAD_LETTER_QUEUE": broker_names["dead_letter_queue"],
         "CARTRIDGE_BROKER_MODELS_EXCHANGE": broker_names["models_exchange"],
         "CARTRIDGE_BROKER_EVALUATOR_QUEUE": broker_names["evaluator_queue"],
-        "CARTRIDGE_STORAGE_S3_BUCKET": f"cartridge-k8s-{test_id}"})
+        "CARTRIDGE_BROKER_HEARTBEATS": broker_names["heartbeats"]}
+    env.update({**names, "CARTRIDGE_STORAGE_S3_BUCKET": f"cartridge-k8s-{test_id}"})  # and bucket
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTRIDGE_")}
     base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
     base["PYTHONPATH"] = str(ROOT)
+    job = objects("single-node", "Job")["provision"]
+    job_env = {**pod_environment(job, config_maps, secrets), **names, "CARTRIDGE_CONFIG": str(config_file)}
     log = tmp_path / f"{service}.log"
-    proc = subprocess.Popen(c["command"], env={**base, **env}, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    proc = None
     try:
+        provision = subprocess.run([*container(job)["command"], "--prefix", prefix], env={**base, **job_env},
+                                   cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert provision.returncode == 0, provision.stderr[-3000:]
+        proc = subprocess.Popen(c["command"], env={**base, **env}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=open(log, "w"))
         paths = {c[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
         assert all(c[probe]["httpGet"]["port"] == port_name for probe in ("startupProbe", "livenessProbe", "readinessProbe"))
         answers: dict[str, tuple[int, str]] = {}
@@ -384,19 +433,23 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
         assert all(status == 200 for status, _ in answers.values()), (answers, log.read_text()[-3000:])
         assert get(f"http://127.0.0.1:{port}/no-such-probe")[0] == 404  # a wrong path would fail
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
+        code = 0
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        asyncio.run(delete_logins(prefix, postgres_url))
     assert code == 0, log.read_text()[-3000:]
 
 
 # Secrets an operator writes for the resource it runs, not created by hand.
-OPERATOR_SECRETS = {"rabbitmq-default-user", "postgres-app"}
+OPERATOR_SECRETS = {"rabbitmq-default-user", "postgres-app", "postgres-superuser"}
 
 
 def referenced_secrets(overlay: str) -> dict[str, set[str]]:
     """Secret name -> the keys the rendered overlay reads from it."""
     refs: dict[str, set[str]] = {}
-    workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values()]
+    workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values(),
+                 *objects(overlay, "Job").values()]
     for workload in workloads:
         for c in workload["spec"]["template"]["spec"]["containers"]:
             for e in c.get("env", []):

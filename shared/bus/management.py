@@ -16,21 +16,32 @@ from shared.retry import DependencyError
 TIMEOUT_S = 5.0
 
 
+def api_login(broker: BrokerConfig) -> tuple[str, str, dict[str, str]]:
+    """`(API base URL, vhost, Authorization header)` for `broker.url`'s vhost and login."""
+    amqp = urlsplit(broker.url)
+    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
+    return (broker.management_url.rstrip("/"), vhost,
+            {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()})
+
+
+def api_session(broker: BrokerConfig) -> aiohttp.ClientSession:
+    """An HTTP session logged in to the management API; an `https://` API verified against
+    `broker.ca_file` when set (else aiohttp's default: the system's trust store)."""
+    base, _, auth = api_login(broker)
+    context = (tls.client_context(broker.ca_file) if base.startswith("https://") else None) or True
+    return aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                                 connector=aiohttp.TCPConnector(ssl=context))
+
+
 async def queue_depths(broker: BrokerConfig) -> list[dict]:
     """`[{"name", "ready", "unacked", "consumers"}]` for the transitions and dead-letter
     queues (a queue not declared yet is left out); `DependencyError` naming the API if it
     cannot be asked."""
-    amqp = urlsplit(broker.url)
-    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
-    login = f"{unquote(amqp.username or 'guest')}:{unquote(amqp.password or 'guest')}"
-    auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
-    base = broker.management_url.rstrip("/")
-    # True: aiohttp's default verification (the system's trust store).
-    context = (tls.client_context(broker.ca_file) if base.startswith("https://") else None) or True
+    base, vhost, _ = api_login(broker)
     out = []
     try:
-        async with aiohttp.ClientSession(headers=auth, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
-                                         connector=aiohttp.TCPConnector(ssl=context)) as http:
+        async with api_session(broker) as http:
             for name in (broker.transitions_queue, broker.dead_letter_queue):
                 async with http.get(f"{base}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}") as reply:
                     if reply.status == 404:

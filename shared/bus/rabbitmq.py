@@ -1,6 +1,7 @@
 """The bus on RabbitMQ (aio-pika, robust connection).
 
-Topology, declared idempotently by every service at start-up:
+Topology, declared idempotently by every service at start-up (with `broker.declare` off,
+only checked: least-privilege logins may not declare; `cartridge provision` does it):
 - `transitions_queue`: durable quorum queue (replicated and crash-safe, the type
   RabbitMQ recommends for data that must not be lost; measured as fast as classic here),
   dead-lettering to `dead_letter_exchange`;
@@ -35,6 +36,7 @@ from aiormq.exceptions import (
     AMQPConnectionError,
     AMQPError,
     ChannelInvalidStateError,
+    ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     ProbableAuthenticationError,
 )
@@ -142,8 +144,35 @@ async def _declare_bounded(channel: AbstractChannel, name: str, arguments: dict,
         return await channel.declare_queue(name, passive=True)
 
 
+class TopologyMissing(Refused):
+    """`broker.declare` is off and an exchange or queue is not there: the admin has not
+    declared it (`cartridge provision`)."""
+
+    @classmethod
+    def of(cls, exc: ChannelNotFoundEntity) -> "TopologyMissing":
+        return cls(f"RabbitMQ: {exc.args[-1] if exc.args else exc}; with broker.declare = false "
+                   "the admin declares the topology first (`cartridge provision`)")
+
+
+async def check_topology(channel: AbstractChannel, broker: BrokerConfig) -> Topology:
+    """What a least-privilege login does instead of declaring: confirm, with passive
+    declares (which need no right), that the exchanges and queues exist, as they are."""
+    try:
+        return Topology(
+            await channel.declare_queue(broker.transitions_queue, passive=True),
+            await channel.get_exchange(broker.dead_letter_exchange, ensure=True),
+            await channel.declare_queue(broker.dead_letter_queue, passive=True),
+            await channel.get_exchange(broker.models_exchange, ensure=True),
+        )
+    except ChannelNotFoundEntity as exc:
+        raise TopologyMissing.of(exc) from None
+
+
 async def declare_topology(channel: AbstractChannel, broker: BrokerConfig) -> Topology:
-    """Declare (or confirm) the exchanges and queues; safe to call any number of times."""
+    """Declare (or confirm) the exchanges and queues; safe to call any number of times.
+    With `broker.declare` off, only check them (`check_topology`)."""
+    if not broker.declare:
+        return await check_topology(channel, broker)
     dlx = await channel.declare_exchange(
         broker.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await _declare_bounded(channel, broker.dead_letter_queue, dead_letter_queue_arguments(broker),
@@ -164,9 +193,19 @@ async def bind_event_queue(channel: AbstractChannel, broker: BrokerConfig,
     broker deletes it when this connection goes. (On a robust channel aio-pika names it
     `amq_<uuid>` itself rather than letting the server pick `amq.gen-*`, so that it can
     declare it again after a reconnect.) A `durable_queue` is kept instead, events and all,
-    while nobody consumes it (the evaluator's)."""
-    exchange = await channel.declare_exchange(
-        broker.models_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    while nobody consumes it (the evaluator's). With `broker.declare` off, the exchange and
+    the durable queue (declared and bound by the admin) are only checked: a subscriber
+    declares nothing but its own private queue."""
+    if not broker.declare:
+        try:
+            exchange = await channel.get_exchange(broker.models_exchange, ensure=True)
+            if durable_queue:
+                return await channel.declare_queue(durable_queue, passive=True)
+        except ChannelNotFoundEntity as exc:
+            raise TopologyMissing.of(exc) from None
+    else:
+        exchange = await channel.declare_exchange(
+            broker.models_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
     if durable_queue:
         queue = await channel.declare_queue(durable_queue, durable=True)
     else:

@@ -14,7 +14,7 @@ from shared.evaluations import (
 from shared.games import get_game
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
-from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay, refusing_untrusted
+from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay, may_create, refusing_untrusted
 from shared.retry import Link, reach
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class PostgresEvaluations:
         await reach(f"PostgreSQL at {mask_url(self.url)}", attempt, attempts=self.storage.connect_attempts,
                     errors=(OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError))
         with self._translated():
+            if not await may_create(self.pool):  # a reader's login (the web page's): the evaluator creates them
+                return self
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)  # the replay's lock
                 await conn.execute(table_sql("double precision", "bigserial PRIMARY KEY"))

@@ -28,6 +28,10 @@ is not partitioned (its primary key stays global) and is pruned by age only
 (`storage.ledger_retention_hours` behind its newest entry, in small deletes: it holds one
 row per message, not per position). A table from before partitioning is migrated in
 place: it becomes the first partition (`<table>_p0`), nothing is copied.
+
+Who may do what (`deploy/postgres/roles.sql`): the writer (ingest) owns these tables,
+since creating and dropping partitions at run time is an owner's right; a login that may
+not create tables (the trainer's) skips the migrations and only reads.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ def refusing_untrusted(url: str):
         raise
 
 
+async def may_create(pool: asyncpg.Pool) -> bool:
+    """Whether this login may create tables (the owner's or a writer's, which run the
+    migrations); a least-privilege reader may not, and only reads what exists."""
+    return bool(await pool.fetchval("SELECT has_schema_privilege(current_schema(), 'CREATE')"))
+
+
 class PostgresReplay:
     def __init__(self, storage: StorageConfig, game: Game):
         self.url = storage.postgres_url
@@ -115,7 +125,10 @@ class PostgresReplay:
         await reach(f"PostgreSQL at {mask_url(self.url)}", attempt, attempts=self.connect_attempts,
                     errors=(OSError, TimeoutError, asyncpg.CannotConnectNowError,
                             asyncpg.TooManyConnectionsError))
-        await self._migrate()
+        if await may_create(self.pool):
+            await self._migrate()
+        else:  # a reader's login (the trainer's): the schema is the writer's to create
+            log.info("PostgreSQL login may not create tables: reading %s as ingest made it", self.name)
         self.link.ok()
         return self
 
