@@ -97,3 +97,21 @@ async def test_an_unusable_model_is_recorded_as_failed_and_the_service_goes_on(m
     assert [stored[v].status for v in (1, 2, 3)] == ["failed", "failed", "ok"]
     assert "not a valid ONNX model" in stored[1].reason
     assert "tictactoe" in stored[2].reason or "input" in stored[2].reason, stored[2].reason
+
+
+async def test_a_version_still_being_uploaded_is_not_waiting_for_evaluation(make_config):
+    """`put_model` claims a version with its metadata before the file is stored: the
+    evaluator must not take (and fail) a version whose upload is under way."""
+    from shared.model_store.base import encode_info, info_key, make_info
+
+    config = make_config(eval=SMALL)
+    async with open_model_store(config.storage) as store:
+        await store.put_model("tictactoe", 1, onnx_model(1), step=10)
+        second = onnx_model(2)
+        await store._put(info_key("tictactoe", 2), encode_info(make_info("tictactoe", 2, second, 20, None)),
+                         if_absent=True)  # claimed, file not yet stored
+        service = EvaluatorService(config)
+        async with service.store, service.results:
+            assert await service.waiting() == [1]
+            await store.put_model("tictactoe", 2, second, step=20)  # the upload completes
+            assert await service.waiting() == [2, 1]

@@ -177,10 +177,16 @@ class EvaluatorService:
                 await _first_of(self._wake, stop)
 
     async def waiting(self) -> list[int]:
-        """Stored versions without a result, newest first."""
+        """Stored versions without a result, newest first. Versions above the store's
+        newest (`latest.json`, written once a model file is stored) are still being
+        uploaded: they come with their event, and are not failed for a missing file."""
         env = self.game.env_id
         done = {e.version for e in await self.results.evaluations(env)}
-        return sorted((v for v in await self.store.list_versions(env) if v not in done), reverse=True)
+        newest = await self.store.latest(env)
+        if newest is None:
+            return []
+        return sorted((v for v in await self.store.list_versions(env) if v not in done and v <= newest.version),
+                      reverse=True)
 
     async def _catch_up(self, stop: asyncio.Event) -> None:
         env, limit = self.game.env_id, self.config.eval.max_behind
