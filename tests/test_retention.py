@@ -127,7 +127,7 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
     """A writer that enforces retention after every flush and a trainer window that
     refreshes and samples, at the same time on the same database."""
     rng = np.random.default_rng(0)
-    done = asyncio.Event()
+    done, turn = asyncio.Event(), asyncio.Event()
     samples = 0
 
     async def write() -> None:
@@ -136,7 +136,8 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
             for i in range(0, len(all_batches), 10):
                 await replay.write(all_batches[i:i + 10])
                 await replay.enforce_retention()
-                await asyncio.sleep(0)
+                turn.clear()
+                await turn.wait()  # the trainer refreshes and samples between any two writes
         done.set()
 
     async def train() -> ReplayWindow:
@@ -151,9 +152,10 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
                     assert obs.shape == (32, *GAME.obs_shape)
                     np.testing.assert_allclose(policy.sum(axis=1), 1, rtol=1e-5)
                     samples += 1
+                turn.set()
                 if finished:
                     return window
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
 
     _, window = await asyncio.gather(write(), train())
     async with open_replay(config.storage, GAME) as replay:
