@@ -143,10 +143,11 @@ async def _show_progress(ingest: IngestService, trainer: TrainerService, evaluat
         dt = now - last_t
         actors = ", ".join(f"{a}: v{v}" for a, v in sorted(i.actor_models.items())) or "none yet"
         loss = f"{t.loss:.3f} (policy {t.policy_loss:.3f}, value {t.value_loss:.3f})" if t.loss is not None else "-"
+        paced = " (waits for positions)" if t.waiting_for_positions else " (actors asked to wait)" if t.actors_paused else ""
         log.info(
-            "%.1f games/s, %.0f positions/s | replay %d positions | step %d, loss %s | model v%d | actors play %s"
+            "%.1f games/s, %.0f positions/s | replay %d positions | step %d%s, loss %s | model v%d | actors play %s"
             " | %s",
-            (i.messages - last.messages) / dt, (i.rows - last.rows) / dt, t.replay_size, t.step, loss,
+            (i.messages - last.messages) / dt, (i.rows - last.rows) / dt, t.replay_size, t.step, paced, loss,
             t.version, actors, evaluated.describe(),
         )
         last, last_t = i, now

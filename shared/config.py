@@ -134,12 +134,29 @@ class TrainingConfig(_Section):
     """Once the window holds `min_transitions` positions played by a model, stop sampling
     the positions played before model 1 (searched with the uniform evaluator): many and
     weak, they would otherwise fill the window long after the first model."""
+    samples_per_position: Annotated[float, Meta(ge=0)] = 0.0
+    """Target training samples per new position (0: no target; the ratio is whatever the
+    CPU split makes it). The trainer waits when it has drawn more than this allows for the
+    positions stored since it started (its first load counts as `min_transitions`), and
+    announces its pace on the events exchange so that actors pause while stored positions
+    run ahead of it by more than `position_lead`: the ratio becomes a setting, whatever
+    the number of actors or the trainer's speed."""
+    position_lead: PositiveInt = 20_000
+    """With `samples_per_position`: how many positions the stored data may run ahead of
+    the trainer before actors pause self-play (they play on if the trainer falls silent)."""
     checkpoint_every: PositiveInt = 1
     """Cycles between checkpoints (weights, optimizer, step, data cursor)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Torch device; `auto` picks CUDA when present."""
     threads: PositiveInt = 1
     """Torch intra-op threads."""
+
+    def __post_init__(self):
+        t = self.samples_per_position
+        if t and self.position_lead * t < self.batch_size:
+            raise ValueError(
+                f"training.position_lead ({self.position_lead}) x samples_per_position ({t:g}) is below "
+                f"batch_size ({self.batch_size}): actors would wait for a trainer that waits for a whole batch")
 
 
 class StorageConfig(_Section):

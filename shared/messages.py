@@ -153,8 +153,26 @@ class ModelEvaluated(msgspec.Struct, frozen=True, kw_only=True, tag="model_evalu
     evaluated_at: float = msgspec.field(default_factory=time.time)
 
 
-ControlEvent = ModelPublished | ReloadRequest | ModelEvaluated
-EventType = Literal["model_published", "reload", "model_evaluated"]
+class TrainerProgress(msgspec.Struct, frozen=True, kw_only=True, tag="trainer_progress", tag_field="type"):
+    """The trainer's pace, announced every `interval_s` seconds while
+    `training.samples_per_position` is set: actors pause self-play while `pause_actors`
+    (the stored positions run ahead of what the trainer will sample), and play on if the
+    announcements stop (a trainer that is gone must not stall them)."""
+
+    schema_version: int = EVENTS_SCHEMA_VERSION
+    env_id: str
+    samples: int
+    """Positions drawn into training batches since the trainer started."""
+    positions: int
+    """New positions counted since the trainer started."""
+    pause_actors: bool
+    interval_s: float
+    """When the next announcement is due."""
+    published_at: float = msgspec.field(default_factory=time.time)
+
+
+ControlEvent = ModelPublished | ReloadRequest | ModelEvaluated | TrainerProgress
+EventType = Literal["model_published", "reload", "model_evaluated", "trainer_progress"]
 EVENT_TYPES = frozenset(EventType.__args__)
 
 
@@ -194,6 +212,19 @@ def decode_event(body: bytes) -> ControlEvent:
             f"(this reader knows {EVENTS_SCHEMA_VERSION})"
         )
     return event
+
+
+def trainer_progress(body: bytes) -> TrainerProgress | None:
+    """The trainer's announcement if `body` is one (looked at by its type first: cheap for
+    every other event); None for anything else, including a malformed one, which the
+    event's usual reader reports."""
+    try:
+        if _tag_decoder.decode(body).type != "trainer_progress":
+            return None
+        event = decode_event(body)
+    except (msgspec.DecodeError, MessageError):
+        return None
+    return event if isinstance(event, TrainerProgress) else None
 
 
 _unknown_types_seen: set[tuple[str, str]] = set()

@@ -50,6 +50,8 @@ class ActorStatus(Status, tag="actor"):
     """From the last model event to serving its model; None before the first reload."""
     evaluations: int = 0
     """Positions the network evaluated (search leaves), over all games."""
+    paused: bool = False
+    """Self-play waits because the trainer announced that stored positions run ahead of it."""
 
 
 class IngestStatus(Status, tag="ingest"):
@@ -107,6 +109,11 @@ class TrainerStatus(Status, tag="trainer"):
     """The oldest model version that played a position in the window (0: uniform or empty)."""
     window_newest_version: int = 0
     """The newest model version that played a position in the window."""
+    waiting_for_positions: bool = False
+    """Training waits for new positions (`training.samples_per_position` reached)."""
+    actors_paused: bool = False
+    """The trainer asks actors to pause: stored positions run ahead of it by more than
+    `training.position_lead`."""
 
 
 class EvaluatorStatus(Status, tag="evaluator"):

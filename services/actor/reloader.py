@@ -8,7 +8,7 @@ model, store down, malformed event) is logged and the current model stays.
 Which model to serve: the store's serving pointer's version while it holds (a rollback),
 else the newest. A reload with `hold` starts holding: model-published events are then
 ignored until a reload without it. Events of other types (the evaluator's
-model_evaluated, or a type newer than this code) are not for actors: ignored quietly.
+model_evaluated, the trainer's pace, or a type newer than this code) are not for actors: ignored quietly.
 
 Events published while an actor's broker connection was down are missed (its queue lives
 and dies with the connection): after a reconnect `catch_up` asks the store what it should
@@ -25,7 +25,7 @@ from typing import Callable
 from shared.config import Config
 from shared.games import Game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.messages import MessageError, ModelEvaluated, ModelPublished, ReloadRequest, read_event
+from shared.messages import MessageError, ModelEvaluated, ModelPublished, ReloadRequest, TrainerProgress, read_event
 from shared.model_store import ModelCorrupt, ModelInfo, ModelNotFound, ModelStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class ModelReloader:
         if isinstance(event, ModelEvaluated):
             log.debug("ignored model_evaluated for model %d (not for actors)", event.version)
             return
+        if isinstance(event, TrainerProgress):
+            return  # the actor's pace gate reads these (`pace.py`)
         if event.env_id is not None and event.env_id != self.game.env_id:
             log.debug("ignored event for %s (this actor plays %s)", event.env_id, self.game.env_id)
             return

@@ -8,7 +8,9 @@ and the model store, load the newest model, then run two tasks until stopped:
 - events: this actor's own queue on the models exchange; every event may swap the model
   between two search steps. When the bus restores the subscription after a lost
   connection, the events sent meanwhile are gone: the actor then asks the store which
-  model to serve (`ModelReloader.catch_up`), one event or catch-up at a time.
+  model to serve (`ModelReloader.catch_up`), one event or catch-up at a time. The
+  trainer's pace announcements go to `TrainerPace` instead: self-play waits while the
+  trainer says stored positions run ahead of it.
 On stop (SIGTERM/SIGINT) games in progress are dropped whole, and what was published is
 waited for until confirmed.
 """
@@ -23,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
+from services.actor.pace import TrainerPace
 from services.actor.publisher import GamePublisher
 from services.actor.reloader import ModelReloader
 from services.actor.selfplay import SelfPlay
@@ -31,6 +34,7 @@ from shared.config import Config
 from shared.games import get_game
 from shared.inference import Evaluator
 from shared.metrics.export import exported
+from shared.messages import trainer_progress
 from shared.metrics.families import recorder
 from shared.model_store import ModelStore, open_model_store
 from shared.status import ActorStatus, Lifecycle, instance_name
@@ -70,6 +74,7 @@ class ActorService:
         self._may_play = asyncio.Event()
         self._may_play.set()
         self._reconnected = asyncio.Event()  # the event subscription was restored: catch up
+        self.pace = TrainerPace(self.game.env_id)
 
     @property
     def model_version(self) -> int:
@@ -85,7 +90,7 @@ class ActorService:
             unconfirmed=publisher.unconfirmed if publisher else 0,
             publish_retries=publisher.retries if publisher else 0,
             reload_latency_ms=reloader.updates[-1][1] if reloader and reloader.updates else None,
-            evaluations=sp.stats.evaluations if sp else 0,
+            evaluations=sp.stats.evaluations if sp else 0, paused=self.pace.paused,
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -133,6 +138,9 @@ class ActorService:
         with ThreadPoolExecutor(1, "selfplay", initializer=_lower_thread_priority) as selfplay_thread:
             while not stop.is_set() and sp.running:
                 await self._may_play.wait()
+                await self.pace.wait(stop)
+                if stop.is_set():
+                    break
                 finished = await loop.run_in_executor(selfplay_thread, sp.step)
                 pending.extend(g.transitions for g in finished)
                 await self._publish_finished(pending, closing=stop.is_set() or not sp.running)
@@ -158,10 +166,12 @@ class ActorService:
                  self.actor_id, s.games, rate, s.model_version, s.unconfirmed)
         self._last_log, self._last_positions = now, s.positions
 
-    @staticmethod
-    async def _receive(events: AsyncIterator[bytes], updates: asyncio.Queue) -> None:
+    async def _receive(self, events: AsyncIterator[bytes], updates: asyncio.Queue) -> None:
         async for body in events:
-            updates.put_nowait(body)
+            if (progress := trainer_progress(body)) is not None:
+                self.pace.observe(progress)  # at once: never queued behind a model download
+            else:
+                updates.put_nowait(body)
 
     async def _on_reconnect(self, updates: asyncio.Queue) -> None:
         while True:

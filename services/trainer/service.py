@@ -9,6 +9,11 @@ checkpoint (weights, optimizer, step, version); wait until the replay holds
 Versions only go up: the next one is above both the checkpoint's and the store's newest,
 and a stored version is never overwritten.
 
+With `samples_per_position` set, training is paced by the data (`pace.py`): the trainer
+waits when it has drawn its share of samples for the positions stored so far, and
+announces its pace every `PACE_EVERY_S` seconds so that actors pause when the stored
+positions run too far ahead of it.
+
 The window is not in the checkpoint: a resumed trainer loads the newest `window_size`
 positions afresh, i.e. what its window held plus whatever was stored while it was away,
 as a trainer that never stopped would hold them. The checkpoint's data cursor (the replay
@@ -27,11 +32,12 @@ import torch
 from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
+from services.trainer.pace import SamplePace
 from services.trainer.window import ReplayWindow
 from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config, TrainingConfig
 from shared.games import get_game
-from shared.messages import ModelPublished, encode_event
+from shared.messages import ModelPublished, TrainerProgress, encode_event
 from shared.metrics.export import exported
 from shared.metrics.families import recorder
 from shared.model_store import ModelInfo, ModelStore, StoreUnavailable, VersionExists, open_model_store
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 
 WAIT_FOR_DATA_S = 2.0  # how often to look at the replay size while below min_transitions
 REFRESH_EVERY_STEPS = 100  # pull new rows into the window this often within a cycle
+PACE_EVERY_S = 5.0  # how often the trainer announces its pace (with samples_per_position)
+WAIT_FOR_POSITIONS_S = 1.0  # how often to look for new positions while the pace holds training
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,6 +87,7 @@ class TrainerService:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         self.window = ReplayWindow(self.game, t.window_size,
                                    drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0)
+        self.pace = SamplePace(t.samples_per_position, t.position_lead)
         self.rng = np.random.default_rng()
         self.step = 0
         self.steps_this_run = 0
@@ -87,6 +96,7 @@ class TrainerService:
         self.published = 0  # versions published by this run
         self.last_losses: StepLosses | None = None
         self.replay_size = 0  # positions in the replay buffer, as last seen
+        self.waiting_for_positions = False  # the pace holds training until more are stored
         self._lifecycle = Lifecycle()
 
     def status(self) -> TrainerStatus:
@@ -100,6 +110,7 @@ class TrainerService:
             positions_loaded=self.window.total_loaded, steps_this_run=self.steps_this_run,
             published=self.published, learning_rate=self.optimizer.param_groups[0]["lr"],
             window_oldest_version=self.window.oldest_version, window_newest_version=self.window.newest_version,
+            waiting_for_positions=self.waiting_for_positions, actors_paused=self.pace.actors_ahead,
         )
 
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
@@ -111,14 +122,22 @@ class TrainerService:
             self._lifecycle.started(stop)
             try:
                 await self._wait_for_data(replay, stop)
-                while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
-                    await self._cycle(replay, stop)
-                    if stop.is_set() and self.step != cycle_end(self.step - 1, cfg.training):
-                        break  # interrupted mid-cycle: the last checkpoint stands
-                    await self._publish(store, stop)
-                    self.cycles_done += 1
             except Stopped:
-                pass  # asked to stop while a dependency was away: the last checkpoint stands
+                return
+            async with asyncio.TaskGroup() as tasks:
+                announcing = tasks.create_task(self._announce_pace()) if self.pace.target else None
+                try:
+                    while not stop.is_set() and (cycles is None or self.cycles_done < cycles):
+                        await self._cycle(replay, stop)
+                        if stop.is_set() and self.step != cycle_end(self.step - 1, cfg.training):
+                            break  # interrupted mid-cycle: the last checkpoint stands
+                        await self._publish(store, stop)
+                        self.cycles_done += 1
+                except Stopped:
+                    pass  # asked to stop while a dependency was away: the last checkpoint stands
+                finally:
+                    if announcing is not None:
+                        announcing.cancel()
 
     async def _resume(self, store) -> None:
         env_id = self.game.env_id
@@ -153,17 +172,28 @@ class TrainerService:
         start, start_step = time.monotonic(), self.step
         end_step = cycle_end(self.step, t)
         while self.step < end_step and not stop.is_set():
+            first_load = self.window.last_id == 0
             added = await retry(lambda: self.window.refresh(replay), what="refreshing the window",
                                 errors=ReplayUnavailable, stop=stop)
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
+            # A resumed trainer's first load is old data: it pays for a start, not for a cycle.
+            self.pace.positions += min(added, t.min_transitions) if first_load else added
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
+            allowed = self.pace.steps_allowed(t.batch_size)
+            self.waiting_for_positions = allowed == 0
+            if allowed == 0:
+                await pause(WAIT_FOR_POSITIONS_S, stop)
+                continue
+            if allowed is not None:
+                chunk = min(chunk, allowed)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
             log.debug("refreshed window (+%d rows), step %d", added, self.step)
         elapsed = time.monotonic() - start
         losses = self.last_losses
         log.info(
-            "cycle done: step %d (%.1f steps/s), loss %.3f (policy %.3f, value %.3f), window %d rows",
-            self.step, (self.step - start_step) / max(elapsed, 1e-9),
+            "cycle done: step %d (%.1f steps/s, %.1f samples per new position), loss %.3f (policy %.3f, "
+            "value %.3f), window %d rows",
+            self.step, (self.step - start_step) / max(elapsed, 1e-9), self.pace.ratio,
             losses.total if losses else float("nan"), losses.policy if losses else float("nan"),
             losses.value if losses else float("nan"), self.window.filled,
         )
@@ -175,7 +205,21 @@ class TrainerService:
             losses = train_step(self.model, self.optimizer, batch, self.device)
             self.step += 1
             self.steps_this_run += 1
+            self.pace.samples += self.config.training.batch_size
         return losses
+
+    async def _announce_pace(self) -> None:
+        """Tell the actors every `PACE_EVERY_S` whether to pause (best effort: an actor
+        that hears nothing plays on)."""
+        while True:
+            progress = TrainerProgress(env_id=self.game.env_id, samples=self.pace.samples,
+                                       positions=self.pace.positions, pause_actors=self.pace.actors_ahead,
+                                       interval_s=PACE_EVERY_S)
+            try:
+                await self.bus.publish_event(encode_event(progress))
+            except BusUnavailable as exc:
+                log.debug("pace not announced: %s", exc)
+            await asyncio.sleep(PACE_EVERY_S)
 
     async def _put_model(self, store, version: int, onnx_bytes: bytes) -> ModelInfo:
         """Store the model as `version`, or as the next free number if another writer
