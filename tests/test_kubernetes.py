@@ -182,10 +182,14 @@ def test_deployments_scale_probe_and_bound_their_resources(overlay):
             assert ports["metrics"] == int(env["CARTRIDGE_METRICS_PORT"]["value"])
             for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}, (name, probe)
-        else:
+        else:  # the page answers for a turning loop; the metrics endpoint's /readyz for its servers
             assert ports["http"] == int(env["CARTRIDGE_WEB_PORT"]["value"])
             assert env["CARTRIDGE_WEB_HOST"]["value"] == "0.0.0.0"
-            assert c["livenessProbe"]["httpGet"]["port"] == "http"
+            assert ports["metrics"] == int(env["CARTRIDGE_METRICS_PORT"]["value"])
+            assert env["CARTRIDGE_METRICS_HOST"]["value"] == "0.0.0.0"
+            for probe, path, port in (("startupProbe", "/", "http"), ("livenessProbe", "/", "http"),
+                                      ("readinessProbe", "/readyz", "metrics")):
+                assert c[probe]["httpGet"] == {"path": path, "port": port}, (name, probe)
         # The config file: the ConfigMap mounted where CARTRIDGE_CONFIG points.
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == "config"]
         assert env["CARTRIDGE_CONFIG"]["value"] == mount["mountPath"] + "/config.toml"
@@ -368,9 +372,9 @@ def web_available() -> bool:
 def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker_names, s3_endpoint, test_id, tmp_path):
     """The service started as its Deployment starts it (command, environment from the
     ConfigMaps and Secrets, config.toml from the ConfigMap), only the servers' addresses
-    pointed at this machine and the probe port moved to a free one, after the Job provision
-    made its login (this test's own: LOGIN t<id>_<service>): every probe path the manifests
-    name answers 200 once it runs."""
+    pointed at this machine and its ports moved to free ones, after the Job provision made
+    its login (this test's own: LOGIN t<id>_<service>): every probe path the manifests name
+    answers 200 on the port it names once it runs."""
     if service == "web" and not web_available():
         pytest.skip("`cartridge web` is not on this branch")
     prefix = f"t{test_id}_"
@@ -395,10 +399,14 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
     assert env["CARTRIDGE_CONFIG"] == "/etc/cartridge/config.toml"
     env["CARTRIDGE_CONFIG"] = str(config_file)
     c = container(deployment)
-    port_name = c["livenessProbe"]["httpGet"]["port"]
-    port = free_port()  # a pod has the port to itself; this machine does not
-    port_variable = "CARTRIDGE_METRICS_PORT" if port_name == "metrics" else "CARTRIDGE_WEB_PORT"
-    env[port_variable], env[port_variable.replace("PORT", "HOST")] = str(port), "127.0.0.1"
+    ports: dict[str, int] = {}  # a pod has its ports to itself; this machine does not
+    for declared in c["ports"]:
+        variable = {"metrics": "CARTRIDGE_METRICS_PORT", "http": "CARTRIDGE_WEB_PORT"}[declared["name"]]
+        assert env[variable] == str(declared["containerPort"]), (service, variable)
+        while (port := free_port()) in ports.values():
+            pass
+        ports[declared["name"]] = port
+        env[variable], env[variable.replace("PORT", "HOST")] = str(port), "127.0.0.1"
     names = {  # this test's own queues
         "CARTRIDGE_BROKER_TRANSITIONS_QUEUE": broker_names["transitions_queue"],
         "CARTRIDGE_BROKER_DEAD_LETTER_EXCHANGE": broker_names["dead_letter_exchange"],
@@ -420,18 +428,19 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
         assert provision.returncode == 0, provision.stderr[-3000:]
         proc = subprocess.Popen(c["command"], env={**base, **env}, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-        paths = {c[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
-        assert all(c[probe]["httpGet"]["port"] == port_name for probe in ("startupProbe", "livenessProbe", "readinessProbe"))
+        urls = {f"http://127.0.0.1:{ports[c[probe]['httpGet']['port']]}{c[probe]['httpGet']['path']}"
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
         answers: dict[str, tuple[int, str]] = {}
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
-            answers = {path: get(f"http://127.0.0.1:{port}{path}") for path in paths}
+            answers = {url: get(url) for url in urls}
             if all(status == 200 for status, _ in answers.values()):
                 break
             time.sleep(0.5)
         assert all(status == 200 for status, _ in answers.values()), (answers, log.read_text()[-3000:])
-        assert get(f"http://127.0.0.1:{port}/no-such-probe")[0] == 404  # a wrong path would fail
+        for port in ports.values():  # a wrong path (or port) would fail
+            assert get(f"http://127.0.0.1:{port}/no-such-probe")[0] == 404
     finally:
         code = 0
         if proc is not None:

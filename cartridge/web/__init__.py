@@ -34,7 +34,8 @@ CLOSE_S = 5.0
 
 class WebReadiness:
     """What `/readyz` checks for the page: running, and the database and model store it
-    reads answering (their `Link`s)."""
+    reads answering (their `Link`s). `store` (the model store) and `results` (the
+    evaluator's tables) are also what the page reads."""
 
     def __init__(self, store, results):
         self.store, self.results = store, results
@@ -52,10 +53,11 @@ async def serve(config: Config, args: argparse.Namespace, stop: asyncio.Event) -
         readiness = WebReadiness(store, results)
         async with readiness.lifecycle:
             with HEALTH.tracking(readiness):
-                await _serve_page(config, store, results, readiness, stop)
+                await _serve_page(config, readiness, stop)
 
 
-async def _serve_page(config: Config, store, results, readiness: WebReadiness, stop: asyncio.Event) -> None:
+async def _serve_page(config: Config, readiness: WebReadiness, stop: asyncio.Event) -> None:
+    store, results = readiness.store, readiness.results
     live = LiveView(missed_beats=config.status.missed_beats)
     overview = Overview(config, store, results, live, lambda: queue_depths(config.broker))
     runner = await start(build_app(overview, ModelPlayer(config, store)), config.web.host, config.web.port)
