@@ -135,3 +135,19 @@ async def test_actors_pause_while_the_trainer_asks_over_rabbitmq(make_config):
         await bus.publish_event(encode_event(progress(False)))
         await wait_until(lambda: actor.status().positions > held, "self-play to resume", tasks=tasks)
         assert not actor.status().paused and actor.pace.pauses == 1
+
+
+async def test_pace_announcements_expire_unread_in_a_durable_queue(make_config):
+    # An evaluator that is away must not come back to a backlog of stale announcements.
+    config = make_config()
+    queue = config.broker.evaluator_queue
+    async with open_bus(config.broker, name="test evaluator") as evaluator:
+        await evaluator.subscribe_events(durable_queue=queue)  # declares it; then the evaluator leaves
+    async with open_bus(config.broker, name="test trainer") as trainer:
+        await trainer.publish_event(encode_event(progress(True)), expires_s=0.05)
+        published = ModelPublished(env_id="tictactoe", version=1, key="k", sha256="s", size=1)
+        await trainer.publish_event(encode_event(published))
+    await asyncio.sleep(0.3)  # past the announcement's expiry
+    async with open_bus(config.broker, name="test evaluator") as evaluator:
+        events = await evaluator.subscribe_events(durable_queue=queue)
+        assert decode_event(await asyncio.wait_for(anext(events), 10)) == published

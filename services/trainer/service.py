@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 WAIT_FOR_DATA_S = 2.0  # how often to look at the replay size while below min_transitions
 REFRESH_EVERY_STEPS = 100  # pull new rows into the window this often within a cycle
 PACE_EVERY_S = 5.0  # how often the trainer announces its pace (with samples_per_position)
+LAPSE_INTERVALS = 2  # an announcement expires unread after this many intervals
 WAIT_FOR_POSITIONS_S = 1.0  # how often to look for new positions while the pace holds training
 
 
@@ -216,7 +217,8 @@ class TrainerService:
                                        positions=self.pace.positions, pause_actors=self.pace.actors_ahead,
                                        interval_s=PACE_EVERY_S)
             try:
-                await self.bus.publish_event(encode_event(progress))
+                # Stale soon after the next is due: never queued up for an evaluator that is away.
+                await self.bus.publish_event(encode_event(progress), expires_s=LAPSE_INTERVALS * PACE_EVERY_S)
             except BusUnavailable as exc:
                 log.debug("pace not announced: %s", exc)
             await asyncio.sleep(PACE_EVERY_S)

@@ -102,7 +102,7 @@ class MemoryBus:
                 self._enqueue(delivery.body, delivery.message_id)
             self._outstanding.clear()
 
-    async def publish_event(self, body: bytes) -> None:
+    async def publish_event(self, body: bytes, *, expires_s: float | None = None) -> None:
         for queue in self._subscribers:
             queue.put_nowait(body)
 

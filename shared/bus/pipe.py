@@ -104,7 +104,7 @@ class PipeBus:
             raise BusUnavailable(f"pipe to the parent process: {exc}") from exc
         await future
 
-    async def publish_event(self, body: bytes) -> None:
+    async def publish_event(self, body: bytes, *, expires_s: float | None = None) -> None:
         try:
             self._writer.write(frame(b"P", body))
             await self._writer.drain()

@@ -355,11 +355,12 @@ class RabbitBus:
             raw = await (await self._confirming_channel()).get_underlay_channel()
             return (await raw.queue_declare(self.config.dead_letter_queue, passive=True)).message_count
 
-    async def publish_event(self, body: bytes) -> None:
+    async def publish_event(self, body: bytes, *, expires_s: float | None = None) -> None:
         with unavailable_on(PUBLISH_FAILED):
             channel = await self._confirming_channel()
             exchange = await channel.get_exchange(self.config.models_exchange, ensure=False)
-            await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE_JSON), routing_key="")
+            message = aio_pika.Message(body, content_type=CONTENT_TYPE_JSON, expiration=expires_s)
+            await exchange.publish(message, routing_key="")
 
     async def subscribe_events(self, durable_queue: str | None = None) -> AsyncIterator[bytes]:
         # Control events get a connection of their own: RabbitMQ throttles a connection
