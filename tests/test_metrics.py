@@ -159,7 +159,8 @@ def test_status_snapshots_become_metrics():
     actor = StatusExport(families)
     actor.apply(actor_status(games=2, positions=30, simulations=900, evaluations=700, model_version=1))
     actor.apply(actor_status(games=5, positions=70, simulations=2000, evaluations=1500, model_version=3,
-                             unconfirmed=4, publish_retries=1))
+                             unconfirmed=4, publish_retries=1, paused=True))
+    assert sample(registry, "cartridge_actor_paused", actor="a1") == 1
     assert sample(registry, "cartridge_actor_games_total", actor="a1") == 5  # grown by the differences
     assert sample(registry, "cartridge_actor_positions_total", actor="a1") == 70
     assert sample(registry, "cartridge_actor_network_evaluations_total", actor="a1") == 1500
@@ -182,7 +183,8 @@ def test_status_snapshots_become_metrics():
     trainer.apply(TrainerStatus(name="t", state="running", step=5100, version=4, replay_size=9500, window_size=8000,
                                 loss=2.5, policy_loss=1.75, value_loss=0.75, samples=25600, positions_loaded=6400,
                                 steps_this_run=100, published=1, learning_rate=0.001, window_oldest_version=2,
-                                window_newest_version=4))
+                                window_newest_version=4, waiting_for_positions=True))
+    assert sample(registry, "cartridge_trainer_waiting_for_positions") == 1
     assert sample(registry, "cartridge_trainer_step") == 5100  # the step over every run: a gauge
     assert sample(registry, "cartridge_trainer_steps_total") == 100  # this run's steps: a counter
     assert sample(registry, "cartridge_trainer_loss", part="policy") == 1.75

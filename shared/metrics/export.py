@@ -42,6 +42,7 @@ def _actor(f: Families, s: ActorStatus, b: ActorStatus | None) -> None:
     m.unconfirmed.labels(**who).set(s.unconfirmed)
     m.reload_latency.labels(**who)  # at zero before the first reload, so rates see it
     m.model_version.labels(**who).set(s.model_version)
+    m.paused.labels(**who).set(s.paused)
 
 
 def _ingest(f: Families, s: IngestStatus, b: IngestStatus | None) -> None:
@@ -62,6 +63,7 @@ def _trainer(f: Families, s: TrainerStatus, b: TrainerStatus | None) -> None:
         m.loss.labels(part=part).set(_known(value))
     m.learning_rate.set(s.learning_rate)
     m.samples_per_position.set(s.samples / s.positions_loaded if s.positions_loaded else math.nan)
+    m.waiting.set(s.waiting_for_positions)
     m.window.set(s.window_size)
     m.replay.set(s.replay_size)
     m.window_oldest.set(s.window_oldest_version)

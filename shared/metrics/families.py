@@ -75,6 +75,8 @@ class ActorMetrics(_Group):
             "Messages published and not yet confirmed.", a)
         self.model_version = gauge("cartridge_actor_model_version",
             "The model version this actor plays with (0: uniform).", a)
+        self.paused = gauge("cartridge_actor_paused",
+            "1 while self-play waits because the trainer asked (training.samples_per_position).", a)
         self.reload_latency = histogram("cartridge_actor_reload_latency_seconds",
             "From a model event to its model being served.", LATENCY_BUCKETS, a)
 
@@ -115,6 +117,8 @@ class TrainerMetrics(_Group):
         self.samples_per_position = gauge(
             "cartridge_trainer_samples_per_position",
             "Samples drawn per new position loaded, since the trainer started.")
+        self.waiting = gauge("cartridge_trainer_waiting_for_positions",
+            "1 while training waits for new positions (training.samples_per_position reached).")
         self.window = gauge("cartridge_trainer_window_positions", "Positions in the training window.")
         self.replay = gauge("cartridge_trainer_replay_positions", "Positions in the replay buffer.")
         self.window_oldest = gauge("cartridge_trainer_window_oldest_model_version",
