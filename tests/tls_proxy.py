@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.faults.proxy import TcpProxy, _pump
+from tests.faults.proxy import TcpProxy
 
 # PostgreSQL's SSLRequest: length 8, then the code 1234 5679.
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -92,6 +92,8 @@ class TlsProxy(TcpProxy):
     counts only connections whose TLS handshake succeeded: each one forwarded, so 0 after
     a refused handshake means nothing reached the server."""
 
+    end_together = True
+
     def __init__(self, target_host: str, target_port: int, context: ssl.SSLContext, *, postgres: bool = False):
         super().__init__(target_host, target_port)
         self.context, self.postgres = context, postgres
@@ -99,7 +101,7 @@ class TlsProxy(TcpProxy):
     async def start(self) -> "TlsProxy":
         # Direct TLS: asyncio calls `_accept` only once the handshake is done.
         self._server = await asyncio.start_server(
-            self._tls_accept if self.postgres else self._forward, "127.0.0.1", self.port,
+            self._tls_accept if self.postgres else self._accept, "127.0.0.1", self.port,
             ssl=None if self.postgres else self.context, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -118,32 +120,4 @@ class TlsProxy(TcpProxy):
         except (OSError, asyncio.IncompleteReadError):  # ssl.SSLError is an OSError
             client_w.transport.abort()
             return
-        await self._forward(client_r, client_w)
-
-    async def _forward(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        """As `TcpProxy._accept`, except that when either side ends both are closed: TLS has
-        no half-close, so the client would never see the server hang up."""
-        self.connections += 1
-        try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_w.transport.abort()
-            return
-        writers = (client_w, server_w)
-        for w in writers:
-            self._transports.add(w.transport)
-        task = asyncio.current_task()
-        self._links.add(task)
-        pumps = [asyncio.ensure_future(_pump(client_r, server_w)), asyncio.ensure_future(_pump(server_r, client_w))]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._links.discard(task)
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for w in writers:
-                self._transports.discard(w.transport)
-                w.close()  # the client gets TLS's close_notify, then the end of the connection
+        await self._accept(client_r, client_w)

@@ -19,6 +19,10 @@ CHUNK = 64 * 1024
 
 
 class TcpProxy:
+    # Plain TCP passes a half-close on (each direction ends by itself, and an error ends
+    # both); TLS has no half-close, so a TLS proxy ends both sides when either ends.
+    end_together = False
+
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.port = 0
@@ -67,15 +71,23 @@ class TcpProxy:
             self._transports.add(w.transport)
         task = asyncio.current_task()
         self._links.add(task)
+        pumps = [asyncio.ensure_future(_pump(client_r, server_w)), asyncio.ensure_future(_pump(server_r, client_w))]
         try:
-            await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
-        except (asyncio.CancelledError, OSError):
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED if self.end_together
+                               else asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
             pass
         finally:
             self._links.discard(task)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
             for w in writers:
                 self._transports.discard(w.transport)
-                w.transport.abort()
+                if self.end_together:
+                    w.close()  # a TLS client gets close_notify, then the end of the connection
+                else:
+                    w.transport.abort()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
