@@ -3,7 +3,8 @@
 Runs ingest, the trainer, the evaluator and `--actors` actors as processes (`python -m
 services.<name>`) on the real RabbitMQ and PostgreSQL on 127.0.0.1 and an S3 server (moto)
 started on loopback, with a small search so the machine keeps up and a small retention
-(`--retain`, `--partition`) so that partitions are dropped during the run. Every
+(`--retain`, `--partition`) so that partitions are dropped during the run, and a short
+ledger horizon (`--ledger-hours`) so that the batch ledger is pruned during it too. Every
 `--sample-s` seconds it records each process's RSS and open sockets, the transitions and
 dead-letter queue depths, the replay table's and the database's size.
 
@@ -18,7 +19,8 @@ backlog, then everything stops; the database, queues and bucket are deleted.
 Last line: a JSON object with `minutes`, `produced`, `stored`, `lost`, `duplicated`,
 `rss_mb_per_hour` (per service, least-squares slope after warm-up: the first third of the
 run), `db_mb_per_hour`, `db_mb` (the replay database at the end), `db_mb_implied` (the
-empty database plus the retention setting times the measured bytes per position),
+empty database plus the retention setting times the measured bytes per position, plus the
+batch ledger's `--ledger-hours` of messages at the measured bytes per entry),
 `positions_kept`, `partitions_dropped` and `restarts`. The run's clock starts once every
 actor plays and games are being stored (start-up is not part of it).
 
@@ -54,6 +56,7 @@ from shared.replay import open_replay  # noqa: E402
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+LEDGER_SIZE = "SELECT pg_total_relation_size('transitions_batches')"  # the batch ledger, indexes included
 READ_EVERY_S = 3.0  # how often stored rows are read for the accounting
 MB = 1024 * 1024
 
@@ -182,6 +185,8 @@ async def main() -> None:
     parser.add_argument("--games", type=int, default=16, help="games in parallel per actor")
     parser.add_argument("--retain", type=int, default=40_000, help="storage.retain_positions")
     parser.add_argument("--partition", type=int, default=5_000, help="storage.partition_positions")
+    parser.add_argument("--ledger-hours", type=float, default=0.1,
+                        help="storage.ledger_retention_hours: short, so the ledger too is pruned within the run")
     parser.add_argument("--window", type=int, default=20_000, help="training.window_size")
     parser.add_argument("--sample-s", type=float, default=60, help="seconds between samples")
     args = parser.parse_args()
@@ -205,6 +210,7 @@ async def main() -> None:
         "CARTRIDGE_STORAGE_POSTGRES_URL": url,
         "CARTRIDGE_STORAGE_RETAIN_POSITIONS": str(args.retain),
         "CARTRIDGE_STORAGE_PARTITION_POSITIONS": str(args.partition),
+        "CARTRIDGE_STORAGE_LEDGER_RETENTION_HOURS": str(args.ledger_hours),
         "CARTRIDGE_STORAGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "CARTRIDGE_STORAGE_S3_BUCKET": f"bench-soak-{run}",
         "CARTRIDGE_STORAGE_S3_ACCESS_KEY": "bench", "CARTRIDGE_STORAGE_S3_SECRET_KEY": "bench",
@@ -266,9 +272,11 @@ async def main() -> None:
                     table = await conn.fetchval(
                         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c"
                         " WHERE c.relkind = 'r' AND c.relname LIKE 'transitions_p%'")
+                    ledger = await conn.fetchval(LEDGER_SIZE)
                 finally:
                     await conn.close()
                 sample = {"minute": round(minute, 2), "db_mb": round(db / MB, 1), "table_mb": round(table / MB, 1),
+                          "ledger_mb": round(ledger / MB, 1),
                           "queue": await queue_depth(names["transitions"]), "dead": await queue_depth(names["dead"]),
                           "stored_rows": tally.total,
                           "rss_mb": {p.name: round(p.rss[-1][1]) for p in procs if p.rss},
@@ -296,6 +304,8 @@ async def main() -> None:
             per_row = await conn.fetchval(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::float8 FROM pg_class c"
                 " WHERE c.relkind = 'r' AND c.relname LIKE 'transitions_p%'") / max(in_table, 1)
+            # Bytes per ledger entry (one per message), from the entries still there.
+            per_entry = await conn.fetchval(LEDGER_SIZE) / max(await conn.fetchval("SELECT count(*) FROM transitions_batches"), 1)
         finally:
             await conn.close()
     finally:
@@ -307,6 +317,10 @@ async def main() -> None:
                              [f"bench.{run}.dlx", f"bench.{run}.models"], POSTGRES, database)
 
     games = confirmed(actor_logs)
+    messages = sum(line.endswith("}") for log_file in actor_logs if log_file.exists()
+                   for line in log_file.read_text().splitlines())  # one line per confirmed message
+    # The ledger holds the messages of the last `ledger_hours` (at the run's mean rate).
+    ledger_implied = min(messages, messages / (minutes * 60) * args.ledger_hours * 3600) * per_entry / MB
     produced = sum(games.values())
     stored = sum(min(bin(tally.plies.get(g, 0)).count("1"), n) for g, n in games.items())
     duplicated = sum(n - bin(tally.plies[g]).count("1") for g, n in tally.rows.items())
@@ -324,11 +338,12 @@ async def main() -> None:
         "lost": produced - stored, "duplicated": duplicated,
         "rss_mb_per_hour": rss, "db_mb_per_hour": None if db_slope is None else round(db_slope, 1),
         "db_mb": round(db_mb, 1),
-        # What the setting implies: the empty database plus `retain` positions at the
-        # bytes per position measured in the table at the end.
-        "db_mb_implied": round(empty_db + args.retain * per_row / MB, 1) if in_table else None,
+        # What the settings imply: the empty database plus `retain` positions at the
+        # bytes per position measured in the table at the end, plus the ledger's horizon.
+        "db_mb_implied": round(empty_db + args.retain * per_row / MB + ledger_implied, 1) if in_table else None,
+        "ledger_mb_implied": round(ledger_implied, 1),
         "positions_kept": in_table,
-        "retain": args.retain, "partition": args.partition,
+        "retain": args.retain, "partition": args.partition, "ledger_hours": args.ledger_hours,
         "partitions_dropped": len(dropped),
         "partition_counts_match": sum(d.rows for d in dropped) + in_table == tally.total,
         "restarts": restarts,
