@@ -75,7 +75,7 @@ class EventPublisher(BusConnection, Protocol):
     async def publish_event(self, body: bytes, *, expires_s: float | None = None) -> None:
         """Send a control event to every subscriber. `expires_s`: the event is worthless
         after that long (the trainer's pace): a queue drops it unread, so a durable
-        subscriber that is away finds no backlog of them."""
+        subscriber that is away is never handed stale ones."""
 
 
 class EventSubscriber(BusConnection, Protocol):
