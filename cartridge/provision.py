@@ -9,7 +9,8 @@ Run once by an admin before the services start, and again at will (idempotent): 
 - PostgreSQL, as `storage.postgres_url` (the database's owner or a superuser): the
   database if missing, a login role per service that uses it, then the grants of
   `deploy/postgres/roles.sql`.
-MinIO's users and policies (`deploy/minio/`) are made with `mc` (compose's `minio-init`).
+MinIO's users and policies (`deploy/minio/`) are made with `mc` (compose's `minio-init`,
+Kubernetes' Job `minio-logins`).
 
 Every login is `cartridge_<service>` (`--prefix` changes `cartridge_`); its password is
 `<SERVICE>_PASSWORD` from the environment (the same for its broker user and its database

@@ -37,8 +37,12 @@ SCHEMAS = ROOT / "tests" / "data" / "kubernetes-schemas" / "v1.32.0"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
 CONFIG = tomllib.loads((ROOT / "config.toml").read_text())
 APPS = ("actor", "ingest", "trainer", "evaluator", "web")
-# The Secrets only the admin's Job provision may read.
-ADMIN_SECRETS = {"cartridge-broker", "cartridge-postgres", "rabbitmq-default-user", "postgres-superuser", "postgres-app"}
+# The Secrets only the admins' Jobs (provision, minio-logins) may read.
+ADMIN_SECRETS = {"cartridge-broker", "cartridge-postgres", "rabbitmq-default-user", "postgres-superuser", "postgres-app",
+                 "cartridge-s3", "minio-configuration"}
+# The S3 policies (deploy/minio/<service>.json) and their copies in the Job minio-logins' component.
+POLICIES = ROOT / "deploy" / "minio"
+MINIO_LOGINS = KUBERNETES / "components" / "minio-logins"
 # The kinds without a schema here, each checked by a test below.
 CUSTOM = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
           ("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("postgresql.cnpg.io/v1", "Cluster"),
@@ -100,6 +104,17 @@ def test_the_base_config_is_the_repository_config():
         "deploy/kubernetes/base/config.toml differs: cp config.toml deploy/kubernetes/base/config.toml"
 
 
+def test_the_minio_policies_are_the_repositorys():
+    """The Job minio-logins' policies are copies of deploy/minio/*.json (kustomize reads no
+    file outside its folder), each in the ConfigMap minio-policies of every overlay."""
+    policies = {p.name: p.read_text() for p in POLICIES.glob("*.json")}
+    copies = {p.name: p.read_text() for p in (MINIO_LOGINS / "policies").glob("*.json")}
+    assert policies and copies == policies, \
+        "deploy/kubernetes/components/minio-logins/policies/ differs: cp deploy/minio/*.json into it"
+    for overlay in OVERLAYS:
+        assert config_map(overlay, "minio-policies")["data"] == policies, overlay
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_every_service(overlay):
     deployments = objects(overlay, "Deployment")
@@ -118,7 +133,7 @@ def schema_registry() -> Registry:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kubernetes_objects_match_kubernetes_schemas(overlay):
-    checked = 0
+    checked = set()
     for obj in render(overlay):
         if (obj["apiVersion"], obj["kind"]) in CUSTOM:
             continue
@@ -128,8 +143,9 @@ def test_kubernetes_objects_match_kubernetes_schemas(overlay):
         validator = jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=schema_registry())
         errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
         assert not errors, (obj["kind"], obj["metadata"]["name"], errors)
-        checked += 1
-    assert checked >= 8
+        checked.add((obj["kind"], obj["metadata"]["name"]))
+    assert len(checked) >= 8
+    assert {("Job", "provision"), ("Job", "minio-logins")} <= checked
 
 
 def test_the_schemas_catch_a_mistake():
@@ -205,10 +221,16 @@ def test_deployments_scale_probe_and_bound_their_resources(overlay):
 
 def test_pods_run_as_the_images_user():
     uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text())[1]
-    for deployment in [*objects("single-node", "Deployment").values(), *objects("single-node", "Job").values()]:
-        pod = deployment["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == int(uid)
-        assert container(deployment)["securityContext"]["allowPrivilegeEscalation"] is False
+    for overlay in OVERLAYS:
+        for workload in [*objects(overlay, "Deployment").values(), *objects(overlay, "Job").values()]:
+            pod, c = workload["spec"]["template"]["spec"], container(workload)
+            assert pod["securityContext"]["runAsNonRoot"] is True, workload["metadata"]["name"]
+            if c["image"].split(":")[0] == "cartridge":
+                assert pod["securityContext"]["runAsUser"] == int(uid)
+            else:  # minio/mc declares no user: a numeric one, not root
+                assert pod["securityContext"]["runAsUser"] > 0, workload["metadata"]["name"]
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -220,9 +242,12 @@ def test_credentials_come_only_from_secrets(overlay):
     workloads = [*objects(overlay, "Deployment").values(), *objects(overlay, "StatefulSet").values(),
                  *objects(overlay, "Job").values()]
     for workload in workloads:
+        component = workload["metadata"].get("labels", {}).get("app.kubernetes.io/component")
         for c in workload["spec"]["template"]["spec"]["containers"]:
             for e in c.get("env", []):
-                if secret_like.search(e["name"]):
+                if e["name"] == "CARTRIDGE_STORAGE_S3_ACCESS_KEY" and "value" in e:  # a user name, as LOGIN
+                    assert e["value"] == f"cartridge_{component}", (workload["metadata"]["name"], e["value"])
+                elif secret_like.search(e["name"]):
                     assert "secretKeyRef" in e.get("valueFrom", {}), (workload["metadata"]["name"], e["name"])
                 for value in re.findall(r"//([^@/]*)@", e.get("value", "")):  # a login in a URL
                     assert re.fullmatch(r"\$\(\w+\):\$\(\w+\)", value), (e["name"], value)
@@ -254,19 +279,121 @@ def test_each_service_logs_in_as_itself_and_only_provision_as_the_admin(overlay)
     assert volume["configMap"]["name"] == config_map(overlay, "cartridge-config")["metadata"]["name"]
 
 
+def compose_minio_script() -> str:
+    """compose's minio-init script as its shell runs it (compose turns $$ into $)."""
+    (script,) = COMPOSE["minio-init"]["command"]
+    return script.replace("$$", "$")
+
+
+def s3_users(script: str) -> dict[str, str]:
+    """Each MinIO user the script makes (<service> of cartridge_<service>) -> the variable
+    holding its secret key."""
+    (pairs,) = re.findall(r"set -- (.*?) &&", script)
+    return dict(re.findall(r'(\w+) "\$\{(\w+)\}"', pairs))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_minio_logins_job_runs_compose_minio_init(overlay):
+    """The Job minio-logins runs compose's minio-init script as it is, with the same
+    variables: MinIO's endpoint from cartridge-endpoints, each service's secret key from
+    cartridge-logins, the policies mounted where compose mounts them, and MinIO's root user
+    from the overlay's server (single-node: the StatefulSet's Secret; operators: the
+    Tenant's config.env, sourced before the script)."""
+    job = objects(overlay, "Job")["minio-logins"]
+    pod, c = job["spec"]["template"]["spec"], container(job)
+    compose = COMPOSE["minio-init"]
+    script = compose_minio_script()
+    assert c["args"] == [script]
+    assert c["image"] == compose["image"]
+    assert job["spec"]["backoffLimit"] >= 1 and pod["restartPolicy"] == "OnFailure"
+    assert {"cpu", "memory"} <= c["resources"]["requests"].keys() & c["resources"]["limits"].keys()
+    env, refs = env_of(job), secret_refs(job)
+    # Every S3-using service's policy file makes a user, with its password as secret key.
+    users = s3_users(script)
+    assert set(users) == {p.stem for p in POLICIES.glob("*.json")}
+    assert all(refs[variable] == ("cartridge-logins", service) for service, variable in users.items())
+    assert env["S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"] == {
+        "name": config_map(overlay, "cartridge-endpoints")["metadata"]["name"], "key": "s3-endpoint-url"}
+    assert env["MINIO_BUCKET"]["value"] == CONFIG["storage"]["s3_bucket"]
+    assert compose["environment"].keys() - {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= env.keys()
+    # The policies, where compose mounts deploy/minio/.
+    (policies_path,) = [v.split(":")[1] for v in compose["volumes"] if v.startswith("./deploy/minio:")]
+    (policies,) = [v for v in pod["volumes"] if "configMap" in v]
+    assert policies["configMap"]["name"] == config_map(overlay, "minio-policies")["metadata"]["name"]
+    assert {"name": policies["name"], "mountPath": policies_path, "readOnly": True} in c["volumeMounts"]
+    # mc writes its config: to a writable volume, the root file system being read-only.
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+    assert any(env["MC_CONFIG_DIR"]["value"].startswith(path + "/") for path in writable)
+    # MinIO's root user.
+    if overlay == "single-node":
+        assert c["command"] == compose["entrypoint"]
+        assert refs["MINIO_ROOT_USER"] == ("cartridge-s3", "access-key")
+        assert refs["MINIO_ROOT_PASSWORD"] == ("cartridge-s3", "secret-key")
+    else:
+        assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & env.keys()
+        (root,) = [v for v in pod["volumes"] if "secret" in v]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == root["name"]]
+        assert mount["readOnly"] is True
+        # sh -c WRAPPER SCRIPT: the wrapper sources config.env, then runs SCRIPT ($0) as is.
+        assert c["command"] == [*compose["entrypoint"], f'. {mount["mountPath"]}/config.env && exec /bin/sh -c "$0"']
+
+
+def test_the_minio_logins_script_runs_as_compose_writes_it(tmp_path):
+    """The script, run by sh with a fake `mc` that logs its arguments, makes the bucket,
+    then each user with its policy file and secret key, as it would in either place."""
+    fake = tmp_path / "mc"
+    fake.write_text('#!/bin/sh\necho "$*" >> "$MC_LOG"\n')
+    fake.chmod(0o755)
+    users = s3_users(compose_minio_script())
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "MC_LOG": str(tmp_path / "log"),
+           "S3_ENDPOINT_URL": "http://minio:9000", "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "rootpw",
+           "MINIO_BUCKET": "cartridge", **{variable: f"{service}-pw" for service, variable in users.items()}}
+    run = subprocess.run(["/bin/sh", "-c", container(objects("single-node", "Job")["minio-logins"])["args"][0]],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[:3] == ["alias set cartridge http://minio:9000 root rootpw", "mb --ignore-existing cartridge/cartridge",
+                       "anonymous set none cartridge/cartridge"]
+    for service in users:
+        assert f"admin policy create cartridge cartridge_{service} /policies/{service}.json" in log
+        assert f"admin user add cartridge cartridge_{service} {service}-pw" in log
+        assert f"admin policy attach cartridge cartridge_{service} --user cartridge_{service}" in log
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_logs_in_to_s3_as_itself(overlay):
+    """As in compose: each service that uses S3 is MinIO user cartridge_<service>, secret
+    key its own password; ingest has no S3 login; every such user is one minio-logins makes."""
+    made = s3_users(compose_minio_script())
+    for name, deployment in objects(overlay, "Deployment").items():
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        env, refs = env_of(deployment), secret_refs(deployment)
+        in_compose = COMPOSE.get(name, {}).get("environment", {})
+        if name == "ingest":
+            assert not {"CARTRIDGE_STORAGE_S3_ACCESS_KEY", "CARTRIDGE_STORAGE_S3_SECRET_KEY"} & env.keys()
+            assert "CARTRIDGE_STORAGE_S3_ACCESS_KEY" not in in_compose
+            continue
+        assert env["CARTRIDGE_STORAGE_S3_ACCESS_KEY"]["value"] == f"cartridge_{component}"
+        assert refs["CARTRIDGE_STORAGE_S3_SECRET_KEY"] == ("cartridge-logins", component)
+        assert component in made
+        if in_compose:
+            assert in_compose["CARTRIDGE_STORAGE_S3_ACCESS_KEY"] == f"cartridge_{component}"
+
+
 def test_single_node_servers_take_the_apps_secrets():
-    """The StatefulSets' first users are the admins the Job provision logs in with (and
-    MinIO's the one the apps use), at the hosts the apps are told."""
-    apps = secret_refs(objects("single-node", "Deployment")["ingest"])
+    """The StatefulSets' first users are the admins the Jobs provision and minio-logins log
+    in with, at the hosts the apps are told."""
     admin = secret_refs(objects("single-node", "Job")["provision"])
+    s3_admin = secret_refs(objects("single-node", "Job")["minio-logins"])
     servers = {name: env_of({"spec": s["spec"]}) for name, s in objects("single-node", "StatefulSet").items()}
     ref = lambda server, var: tuple(servers[server][var]["valueFrom"]["secretKeyRef"][k] for k in ("name", "key"))
     assert ref("rabbitmq", "RABBITMQ_DEFAULT_USER") == admin["BROKER_USER"]
     assert ref("rabbitmq", "RABBITMQ_DEFAULT_PASS") == admin["BROKER_PASSWORD"]
     assert ref("postgres", "POSTGRES_USER") == admin["POSTGRES_USER"]
     assert ref("postgres", "POSTGRES_PASSWORD") == admin["POSTGRES_PASSWORD"]
-    assert ref("minio", "MINIO_ROOT_USER") == apps["CARTRIDGE_STORAGE_S3_ACCESS_KEY"]
-    assert ref("minio", "MINIO_ROOT_PASSWORD") == apps["CARTRIDGE_STORAGE_S3_SECRET_KEY"]
+    assert ref("minio", "MINIO_ROOT_USER") == s3_admin["MINIO_ROOT_USER"] == ("cartridge-s3", "access-key")
+    assert ref("minio", "MINIO_ROOT_PASSWORD") == s3_admin["MINIO_ROOT_PASSWORD"] == ("cartridge-s3", "secret-key")
     assert servers["postgres"]["POSTGRES_DB"]["value"] == endpoints("single-node")["postgres-db"]
     services = {name: {p["port"] for p in s["spec"]["ports"]} for name, s in objects("single-node", "Service").items()}
     hosts = endpoints("single-node")
@@ -310,7 +437,7 @@ def test_operators_resources_match_what_the_services_use():
     rabbit = found[("rabbitmq.com/v1beta1", "RabbitmqCluster")]
     postgres = found[("postgresql.cnpg.io/v1", "Cluster")]
     tenant = found[("minio.min.io/v2", "Tenant")]
-    hosts, apps = endpoints("operators"), secret_refs(objects("operators", "Deployment")["trainer"])
+    hosts = endpoints("operators")
     admin = secret_refs(objects("operators", "Job")["provision"])
     # RabbitMQ Cluster Operator: Service <name>, Secret <name>-default-user (username, password).
     assert hosts["broker-host"] == rabbit["metadata"]["name"] and hosts["broker-port"] == "5672"
@@ -328,17 +455,18 @@ def test_operators_resources_match_what_the_services_use():
     assert admin["POSTGRES_USER"] == (f"{postgres['metadata']['name']}-superuser", "username")
     assert admin["POSTGRES_PASSWORD"] == (f"{postgres['metadata']['name']}-superuser", "password")
     assert postgres["spec"]["instances"] == 1 and postgres["spec"]["storage"]["size"]
-    # MinIO Operator: Service <name> on port 80 without TLS; a user per Secret in `users`
-    # with keys CONSOLE_ACCESS_KEY / CONSOLE_SECRET_KEY; the bucket made up front.
+    # MinIO Operator: Service <name> on port 80 without TLS; the bucket made up front; the
+    # root user in the Secret `configuration` names (key config.env), which the Job
+    # minio-logins mounts to make the services' users (so the Tenant makes none).
     assert tenant["spec"]["requestAutoCert"] is False
     s3 = urlsplit(hosts["s3-endpoint-url"])
     assert (s3.scheme, s3.hostname, s3.port) == ("http", tenant["metadata"]["name"], None)
-    user = apps["CARTRIDGE_STORAGE_S3_ACCESS_KEY"][0]
-    assert {"name": user} in tenant["spec"]["users"]
-    assert apps["CARTRIDGE_STORAGE_S3_ACCESS_KEY"] == (user, "CONSOLE_ACCESS_KEY")
-    assert apps["CARTRIDGE_STORAGE_S3_SECRET_KEY"] == (user, "CONSOLE_SECRET_KEY")
+    assert "users" not in tenant["spec"]
     assert {"name": CONFIG["storage"]["s3_bucket"]} in tenant["spec"]["buckets"]
-    assert tenant["spec"]["configuration"]["name"]
+    job = objects("operators", "Job")["minio-logins"]["spec"]["template"]["spec"]
+    (root,) = [v for v in job["volumes"] if "secret" in v]
+    assert root["secret"]["secretName"] == tenant["spec"]["configuration"]["name"]
+    assert {"key": "config.env", "path": "config.env"} in root["secret"]["items"]
     (pool,) = tenant["spec"]["pools"]
     assert pool["servers"] == 1 and pool["volumesPerServer"] == 1
     for server in (rabbit["spec"], postgres["spec"], pool):
@@ -390,7 +518,6 @@ def test_probe_paths_answer_on_the_running_service(service, postgres_url, broker
         "s3-endpoint-url": f"{s3.scheme}://{s3.netloc}"})
     secrets = {"cartridge-broker": {"username": "guest", "password": "guest"},
                "cartridge-postgres": {"username": "postgres", "password": "unused-with-trust-auth"},
-               "cartridge-s3": {"access-key": "testing", "secret-key": "testing-secret"},
                "cartridge-logins": {s: f"{s}-{test_id}" for s in ("actor", "ingest", "trainer", "evaluator", "operator", "web")}}
     env = pod_environment(deployment, config_maps, secrets)
     config_file = tmp_path / "etc" / "config.toml"  # the ConfigMap's file, where the mount puts it
@@ -465,6 +592,9 @@ def referenced_secrets(overlay: str) -> dict[str, set[str]]:
                 if "secretKeyRef" in e.get("valueFrom", {}):
                     ref = e["valueFrom"]["secretKeyRef"]
                     refs.setdefault(ref["name"], set()).add(ref["key"])
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                refs.setdefault(volume["secret"]["secretName"], set()).update(i["key"] for i in volume["secret"]["items"])
     for auth in objects(overlay, "TriggerAuthentication").values():
         for ref in auth["spec"]["secretTargetRef"]:
             refs.setdefault(ref["name"], set()).add(ref["key"])
