@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import services.ingest.service as ingest_module
+import shared.replay.postgres as postgres_module
 from services.ingest.service import IngestService
 from services.trainer.window import ReplayWindow
 from shared.bus import MemoryBus
@@ -121,6 +122,41 @@ async def test_the_ledger_forgets_only_what_is_older_than_its_horizon(make_confi
             await conn.close()
         assert left == {b[0] for b in new}
         assert (await replay.write(new)).duplicate_batches == 5
+
+
+async def test_without_autovacuum_retention_vacuums_the_ledger(make_config, monkeypatch):
+    # The ledger is the one table retention DELETEs from: without autovacuum (this test
+    # machine's PostgreSQL runs without it) its dead rows would pile up for ever.
+    monkeypatch.setattr(postgres_module, "LEDGER_VACUUM_ROWS", 5)
+    config = make_config(storage={"ledger_retention_hours": 1.0})
+    conn = await asyncpg.connect(config.storage.postgres_url)
+
+    async def age_and_prune(replay, first: int) -> None:
+        old = batches(first, 5, seed=first)
+        await replay.write(old)
+        await replay.write(batches(first + 5, 1, seed=first + 1))
+        await conn.execute("UPDATE transitions_batches SET ingested_at = now() - interval '2 hours'"
+                           " WHERE batch_id = ANY($1::text[])", [b[0] for b in old])
+        await replay.enforce_retention()
+
+    async def last_vacuum():
+        return await conn.fetchval("SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'transitions_batches'")
+
+    try:
+        async with open_replay(config.storage, GAME) as replay:
+            assert replay.vacuum_ledger == (await conn.fetchval("SHOW autovacuum") == "off")
+            replay.vacuum_ledger = False  # as with autovacuum on: retention leaves it to the server
+            await age_and_prune(replay, 0)
+            assert await last_vacuum() is None
+            replay.vacuum_ledger = True  # as with autovacuum off
+            await age_and_prune(replay, 10)
+            for _ in range(100):  # statistics reach other sessions within moments
+                if await last_vacuum() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert await last_vacuum() is not None
+    finally:
+        await conn.close()
 
 
 async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):

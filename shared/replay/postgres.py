@@ -26,7 +26,8 @@ partitioned table's unique constraints must contain the partition key, so the ta
 `UNIQUE (game_id, ply)` became one per partition; exactly-once rests on the ledger, which
 is not partitioned (its primary key stays global) and is pruned by age only
 (`storage.ledger_retention_hours` behind its newest entry, in small deletes: it holds one
-row per message, not per position). A table from before partitioning is migrated in
+row per message, not per position; where the server's autovacuum is off, retention
+VACUUMs the ledger itself). A table from before partitioning is migrated in
 place: it becomes the first partition (`<table>_p0`), nothing is copied.
 
 Who may do what (`deploy/postgres/roles.sql`): the writer (ingest) owns these tables,
@@ -64,6 +65,7 @@ RETENTION_LOCK = MIGRATION_LOCK + 2  # dropping partitions, pruning the ledger: 
 DDL_LOCK_TIMEOUT = "2s"
 LEDGER_PRUNE_CHUNK = 10_000  # ledger rows per DELETE
 LEDGER_PRUNE_CHUNKS = 10  # DELETEs per retention pass at most
+LEDGER_VACUUM_ROWS = 10_000  # without autovacuum: VACUUM the ledger after this many rows pruned
 # The longest partition name `<table>_p<first id>` must fit PostgreSQL's 63-byte names.
 MAX_TABLE_NAME = 63 - len(f"_p{2**63}")
 _BOUND = re.compile(r"FROM \('?(MINVALUE|-?\d+)'?\) TO \('?(MAXVALUE|-?\d+)'?\)")
@@ -107,6 +109,8 @@ class PostgresReplay:
         self.retain = storage.retain_positions
         self.partition_size = storage.partition_positions
         self.ledger_horizon_s = storage.ledger_retention_hours * 3600
+        self.vacuum_ledger = False  # set if the server's autovacuum is off: retention vacuums the ledger
+        self._pruned_unvacuumed = 0  # ledger rows deleted since its last VACUUM
         self._covered_until = 0  # ids below this have a partition (as last seen)
         self._sealed_rows: dict[str, int] = {}  # rows of partitions the sequence has passed
         self.game = game
@@ -127,6 +131,12 @@ class PostgresReplay:
                             asyncpg.TooManyConnectionsError))
         if await may_create(self.pool):
             await self._migrate()
+            # The ledger is the one table retention DELETEs from; with autovacuum off its
+            # dead rows would never be reclaimed and it would grow without bound.
+            self.vacuum_ledger = await self.pool.fetchval("SHOW autovacuum") == "off"
+            if self.vacuum_ledger:
+                log.warning("PostgreSQL runs with autovacuum off: retention will VACUUM %s itself after "
+                            "every %d ledger rows it prunes", self.ledger, LEDGER_VACUUM_ROWS)
         else:  # a reader's login (the trainer's): the schema is the writer's to create
             log.info("PostgreSQL login may not create tables: reading %s as ingest made it", self.name)
         self.link.ok()
@@ -338,8 +348,16 @@ class PostgresReplay:
                 f"DELETE FROM {self.ledger} WHERE batch_id IN (SELECT batch_id FROM {self.ledger}"
                 f" WHERE ingested_at < (SELECT max(ingested_at) FROM {self.ledger}) - make_interval(secs => $1)"
                 f" LIMIT $2)", self.ledger_horizon_s, LEDGER_PRUNE_CHUNK)
-            if int(status.rsplit(" ", 1)[-1]) < LEDGER_PRUNE_CHUNK:
-                return
+            deleted = int(status.rsplit(" ", 1)[-1])
+            self._pruned_unvacuumed += deleted
+            if deleted < LEDGER_PRUNE_CHUNK:
+                break
+        if self.vacuum_ledger and self._pruned_unvacuumed >= LEDGER_VACUUM_ROWS:
+            # Makes the dead rows' space reusable (the file does not shrink, and need not:
+            # the ledger holds about the same number of rows from pass to pass).
+            await conn.execute(f"VACUUM {self.ledger}")
+            self._pruned_unvacuumed = 0
+            log.debug("vacuumed %s", self.ledger)
 
     async def dropped(self) -> list[DroppedPart]:
         """Every partition retention dropped, oldest first, with its counts."""
