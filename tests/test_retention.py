@@ -102,8 +102,10 @@ async def test_whole_partitions_are_dropped_and_duplicates_still_caught(config):
 
         # The trainer still finds a whole window: a fresh one (a restarted trainer) loads it.
         window = ReplayWindow(GAME, WINDOW)
-        await window.refresh(replay)
+        assert await window.refresh(replay) == (WINDOW, 0)  # all of it the first load: none new
         assert window.filled == WINDOW and window.last_id == ids[-1]
+        newer = await replay.write(batches(10_000, 2, seed=9))
+        assert await window.refresh(replay) == (0, newer.inserted_rows)
 
 
 async def test_the_ledger_forgets_only_what_is_older_than_its_horizon(make_config):

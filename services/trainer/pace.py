@@ -22,7 +22,7 @@ class SamplePace:
     positions: int = 0
     """New positions counted since the start."""
     samples: int = 0
-    """Samples drawn since the start."""
+    """Samples drawn since the start (the trainer's status reports this count)."""
 
     def steps_allowed(self, batch_size: int) -> int | None:
         """Training steps of `batch_size` that the positions so far pay for; None: no limit."""

@@ -107,7 +107,7 @@ class TrainerService:
             replay_size=self.replay_size, window_size=self.window.filled,
             loss=losses.total if losses else None, policy_loss=losses.policy if losses else None,
             value_loss=losses.value if losses else None,
-            samples=self.steps_this_run * self.config.training.batch_size,
+            samples=self.pace.samples,
             positions_loaded=self.window.total_loaded, steps_this_run=self.steps_this_run,
             published=self.published, learning_rate=self.optimizer.param_groups[0]["lr"],
             window_oldest_version=self.window.oldest_version, window_newest_version=self.window.newest_version,
@@ -173,12 +173,11 @@ class TrainerService:
         start, start_step = time.monotonic(), self.step
         end_step = cycle_end(self.step, t)
         while self.step < end_step and not stop.is_set():
-            first_load = self.window.last_id == 0
-            added = await retry(lambda: self.window.refresh(replay), what="refreshing the window",
-                                errors=ReplayUnavailable, stop=stop)
+            loaded = await retry(lambda: self.window.refresh(replay), what="refreshing the window",
+                                 errors=ReplayUnavailable, stop=stop)
             self.replay_size = max(self.replay_size, self.window.last_id)  # ids count rows
             # A resumed trainer's first load is old data: it pays for a start, not for a cycle.
-            self.pace.positions += min(added, t.min_transitions) if first_load else added
+            self.pace.positions += min(loaded.first, t.min_transitions) + loaded.new
             chunk = min(REFRESH_EVERY_STEPS, end_step - self.step)
             allowed = self.pace.steps_allowed(t.batch_size)
             self.waiting_for_positions = allowed == 0
@@ -188,7 +187,7 @@ class TrainerService:
             if allowed is not None:
                 chunk = min(chunk, allowed)
             self.last_losses = await asyncio.to_thread(self._train, chunk)
-            log.debug("refreshed window (+%d rows), step %d", added, self.step)
+            log.debug("refreshed window (+%d rows), step %d", loaded.first + loaded.new, self.step)
         elapsed = time.monotonic() - start
         losses = self.last_losses
         log.info(

@@ -9,12 +9,23 @@ symmetric that way).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from shared.games import Game
 from shared.transitions import Transitions
 
 FETCH_CHUNK = 50_000
+
+
+class Loaded(NamedTuple):
+    """What one `refresh` brought."""
+
+    first: int
+    """Rows of the first load (the newest window, which may be old data); 0 afterwards."""
+    new: int
+    """Rows stored since the cursor."""
 
 
 class ReplayWindow:
@@ -36,20 +47,20 @@ class ReplayWindow:
         self.total_loaded = 0  # rows ever appended (new positions seen, for samples per position)
         self._mirror = game.mirror_actions()
 
-    async def refresh(self, replay) -> int:
+    async def refresh(self, replay) -> Loaded:
         """Load rows newer than the cursor; the first call loads the newest window."""
-        env_id, added = self.game.env_id, 0
+        env_id, first, new = self.game.env_id, 0, 0
         if self.last_id == 0 and self.filled == 0:
             self.last_id, rows = await replay.fetch_newest(env_id, self.size)
             self._append(rows)
-            added += len(rows)
+            first = len(rows)
         while True:
             last_id, rows = await replay.fetch_since(env_id, self.last_id, FETCH_CHUNK)
             if not len(rows):
-                return added
+                return Loaded(first, new)
             self.last_id = last_id
             self._append(rows)
-            added += len(rows)
+            new += len(rows)
 
     def _append(self, rows: Transitions) -> None:
         n = len(rows)
