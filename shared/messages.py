@@ -70,6 +70,9 @@ class TransitionBatch(msgspec.Struct, frozen=True, kw_only=True):
     legal_mask: Array  # bool [n, A]
     policy: Array  # float32 [n, A]: MCTS visit distribution
     value: Array  # float32 [n]: final outcome from the side to move's view
+    search_value: Array | None = None
+    """float32 [n]: the search's root value from the side to move's view (absent from
+    older actors' messages: the outcome stands in)."""
 
     @property
     def rows(self) -> int:

@@ -16,6 +16,10 @@ from shared.games import Game
 from shared.messages import Array, MessageError, TransitionBatch, new_batch_id
 
 POLICY_SUM_TOLERANCE = 1e-3
+# Fields a message from an older actor may lack, and what stands in for them.
+OPTIONAL_FIELDS = {
+    "search_value": lambda cols: cols["value"].copy(),  # no search value: the result stands in
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Transitions:
     legal_mask: np.ndarray  # bool [n, A]
     policy: np.ndarray  # float32 [n, A]
     value: np.ndarray  # float32 [n]
+    search_value: np.ndarray  # float32 [n]
 
     def __len__(self) -> int:
         return len(self.ply)
@@ -71,10 +76,14 @@ def from_batch(batch: TransitionBatch, game: Game) -> Transitions:
         "legal_mask": (np.bool_, (n, A)),
         "policy": (np.float32, (n, A)),
         "value": (np.float32, (n,)),
+        "search_value": (np.float32, (n,)),
     }
     cols = {}
     for name, (dtype, shape) in expected.items():
-        arr: Array = getattr(batch, name)
+        arr: Array | None = getattr(batch, name)
+        if arr is None and name in OPTIONAL_FIELDS:
+            cols[name] = OPTIONAL_FIELDS[name](cols)
+            continue
         if not _known_dtype(arr.dtype) or np.dtype(arr.dtype) != np.dtype(dtype):
             raise MessageError(f"{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype!r}")
         if tuple(arr.shape) != shape:
@@ -100,8 +109,8 @@ def _check_values(t: Transitions, game: Game) -> None:
         raise MessageError("model_version: must not be negative")
     if np.any(t.observation > 1) or np.any(t.observation.sum(axis=1) > 1):
         raise MessageError("observation: planes must be 0/1 and never overlap")
-    if not np.all(np.isfinite(t.policy)) or not np.all(np.isfinite(t.value)):
-        raise MessageError("policy/value: NaN or infinite values")
+    if not all(np.all(np.isfinite(a)) for a in (t.policy, t.value, t.search_value)):
+        raise MessageError("policy/value/search_value: NaN or infinite values")
     if np.any(t.policy < 0):
         raise MessageError("policy: negative probabilities")
     if np.any(np.abs(t.policy.sum(axis=1) - 1) > POLICY_SUM_TOLERANCE):
@@ -110,3 +119,5 @@ def _check_values(t: Transitions, game: Game) -> None:
         raise MessageError("policy: probability mass on illegal moves")
     if np.any(np.abs(t.value) > 1):
         raise MessageError("value: must lie in [-1, 1]")
+    if np.any(np.abs(t.search_value) > 1):
+        raise MessageError("search_value: must lie in [-1, 1]")

@@ -262,6 +262,21 @@ def test_checking_a_flush_at_once_agrees_with_checking_each_message():
                 assert_same_rows(g, expected[i])
 
 
+def test_a_message_from_an_actor_without_search_values_is_stored_with_its_results():
+    # Actors older than the search_value field are upgraded after ingest: their games count.
+    old, new = random_games("tictactoe", games=2, seed=13)
+    fields = msgspec.structs.asdict(decode_transitions(message(old)[1]))
+    del fields["search_value"]
+    older = decode_transitions(msgspec.msgpack.encode(fields))  # as an older actor encoded it
+    assert older.search_value is None
+    got = check_many([older, decode_transitions(message(new)[1])], GAME)
+    assert_same_rows(got[0], old.__class__(**{**old.__dict__, "search_value": old.value}))
+    assert_same_rows(got[1], new)
+    bad = with_fields(new, search_value=np.full(len(new), 1.5, np.float32))
+    with pytest.raises(MessageError, match="search_value: must lie in"):
+        from_batch(decode_transitions(bad), GAME)
+
+
 async def test_oversized_message_is_dead_lettered(make_config):
     config = make_config(broker={"max_message_bytes": 600})
     small, large = random_games("tictactoe", games=2, seed=6)
@@ -436,7 +451,8 @@ async def test_creating_the_database_and_migrating_is_idempotent(make_config, po
         assert [(c["column_name"], c["data_type"]) for c in columns] == [
             ("id", "bigint"), ("env_id", "text"), ("game_id", "uuid"), ("ply", "smallint"),
             ("actor_id", "text"), ("model_version", "integer"), ("created_at", "timestamp with time zone"),
-            ("observation", "bytea"), ("legal_mask", "bytea"), ("policy", "bytea"), ("value", "real")]
+            ("observation", "bytea"), ("legal_mask", "bytea"), ("policy", "bytea"), ("value", "real"),
+            ("search_value", "real")]
     finally:
         name = url.rsplit("/", 1)[1]
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

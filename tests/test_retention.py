@@ -7,6 +7,7 @@ dead-letter queue is bounded on the real RabbitMQ."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import aio_pika
 import asyncpg
@@ -22,7 +23,7 @@ from shared.bus.rabbitmq import connect, declare_topology
 from shared.games import get_game
 from shared.games.random_play import random_games
 from shared.replay import open_replay
-from shared.replay.postgres import COLUMNS, PostgresReplay, copy_data
+from shared.replay.postgres import COLUMNS
 from shared.transitions import Transitions
 from tests.helpers import message, wait_until
 
@@ -207,6 +208,52 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
     np.testing.assert_array_equal(window.observation[order], newest.observation)
 
 
+COLUMNS_BEFORE = [c for c in COLUMNS if c != "search_value"]  # the first release's columns
+INSERT_AS_BEFORE = (f"INSERT INTO transitions ({', '.join(COLUMNS_BEFORE)})"
+                    f" VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS_BEFORE)))})")
+
+
+def rows_as_before(parts) -> list[tuple]:
+    """Rows of `(batch_id, env_id, actor_id, Transitions)` in the first release's columns."""
+    return [(env_id, uuid.UUID(bytes=bytes(t.game_id[i])), int(t.ply[i]), actor_id, int(t.model_version[i]),
+             t.observation[i].tobytes(), t.legal_mask[i].tobytes(), t.policy[i].tobytes(), float(t.value[i]))
+            for _, env_id, actor_id, t in parts for i in range(len(t))]
+
+
+async def test_a_table_from_before_search_values_gains_the_column(config):
+    """Rows stored before the column existed read their result as their search value."""
+    old, new = batches(0, 10, seed=11), batches(10, 10, seed=12)
+    async with open_replay(config.storage, GAME):
+        pass  # today's schema, then made as the release before search values had it
+    if config.storage.replay_backend == "postgres":
+        conn = await asyncpg.connect(config.storage.postgres_url)
+        try:
+            await conn.execute("ALTER TABLE transitions DROP COLUMN search_value")
+            await conn.executemany(INSERT_AS_BEFORE, rows_as_before(old))
+        finally:
+            await conn.close()
+    else:
+        import sqlite3
+        db = sqlite3.connect(config.storage.sqlite_path)
+        with db:
+            db.execute("ALTER TABLE transitions DROP COLUMN search_value")
+            db.executemany(f"INSERT INTO transitions ({', '.join(COLUMNS_BEFORE)}) VALUES ({', '.join('?' * 9)})",
+                           [(*r[:1], r[1].bytes, *r[2:]) for r in rows_as_before(old)])
+        db.close()
+
+    for _ in range(2):  # opened twice: the second time there is nothing to add
+        async with open_replay(config.storage, GAME) as replay:
+            await replay.write(new)
+    async with open_replay(config.storage, GAME) as replay:
+        _, rows = await replay.fetch_since(ENV, 0, 10_000)
+    stored_old, stored_new = len(rows_as_before(old)), sum(len(b[3]) for b in new)
+    assert len(rows) == stored_old + stored_new
+    np.testing.assert_array_equal(rows.search_value[:stored_old], rows.value[:stored_old])
+    np.testing.assert_array_equal(rows.search_value[stored_old:],
+                                  np.concatenate([b[3].search_value for b in new]))
+    assert not np.array_equal(rows.search_value[stored_old:], rows.value[stored_old:])
+
+
 async def test_an_unpartitioned_table_is_partitioned_in_place(make_config):
     config = make_config(storage={"retain_positions": RETAIN, "partition_positions": PART},
                          training={"window_size": WINDOW})
@@ -224,8 +271,8 @@ async def test_an_unpartitioned_table_is_partitioned_in_place(make_config):
         """)
         await conn.executemany("INSERT INTO transitions_batches (batch_id, rows) VALUES ($1, $2)",
                                [(b[0], len(b[3])) for b in old])
-        await PostgresReplay.copy(conn, "transitions", copy_data(old))
-        before = await conn.fetch(f"SELECT id, {', '.join(COLUMNS)} FROM transitions ORDER BY id")
+        await conn.executemany(INSERT_AS_BEFORE, rows_as_before(old))
+        before = await conn.fetch(f"SELECT id, {', '.join(COLUMNS_BEFORE)} FROM transitions ORDER BY id")
     finally:
         await conn.close()
 
@@ -235,7 +282,7 @@ async def test_an_unpartitioned_table_is_partitioned_in_place(make_config):
     conn = await asyncpg.connect(config.storage.postgres_url)
     try:
         kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'transitions'")
-        after = await conn.fetch(f"SELECT id, {', '.join(COLUMNS)} FROM transitions ORDER BY id")
+        after = await conn.fetch(f"SELECT id, {', '.join(COLUMNS_BEFORE)} FROM transitions ORDER BY id")
         legacy = await conn.fetchval("SELECT count(*) FROM transitions_p0")
     finally:
         await conn.close()

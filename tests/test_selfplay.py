@@ -54,6 +54,19 @@ def check_game(game, g):
         assert t.value[-1] == (1.0 if value == -1.0 else 0.0)
 
 
+def test_the_search_value_is_the_roots_value_from_the_side_to_move():
+    # The uniform evaluator knows nothing but the rules: a position with a winning move
+    # is seen as won only by the search, and only from the mover's side.
+    cfg = MCTSConfig(num_simulations=64, tree_reuse=False)
+    _, finished = selfplay(cfg, games=40, parallel=8, seed=3)
+    won = [g.transitions for g in finished if not g.resigned and g.transitions.value[-1] == 1.0]
+    assert len(won) > 10
+    for t in won:
+        assert np.all(np.abs(t.search_value) <= 1)
+        assert t.search_value[-1] > 0.5  # the winner's last move: the search saw the win
+    assert any(t.search_value[0] != t.search_value[1] for t in won)  # one value per position
+
+
 def test_selfplay_runs_to_completion_with_sound_targets():
     cfg = MCTSConfig(num_simulations=16)
     sp, finished = selfplay(cfg)

@@ -139,6 +139,16 @@ def test_window_stops_sampling_uniform_positions_once_enough_model_positions_exi
     assert plain.sampled_positions == 2 * n
 
 
+def test_the_value_target_mixes_the_result_with_the_search_value():
+    rows = play_games(games=2)[0]
+    rows = rows.__class__(**{**rows.__dict__, "value": np.ones(len(rows), np.float32),
+                             "search_value": np.full(len(rows), -1.0, np.float32)})
+    for weight, target in ((0.0, 1.0), (0.25, 0.5), (1.0, -1.0)):
+        window = ReplayWindow(TTT, size=len(rows), search_value_weight=weight)
+        window._append(rows)
+        np.testing.assert_allclose(window.sample(50, np.random.default_rng(0))[2], target)
+
+
 def slice_rows(rows, count):
     return rows.__class__(**{k: v[:count] for k, v in rows.__dict__.items()})
 

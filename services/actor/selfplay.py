@@ -63,6 +63,7 @@ class SelfPlay:
         self._legal = np.zeros((b, p, game.num_actions), bool)
         self._policy = np.zeros((b, p, game.num_actions), np.float32)
         self._version = np.zeros((b, p), np.int32)
+        self._search_value = np.zeros((b, p), np.float32)  # the root's value, side to move's view
         self._actions = np.zeros((b, p), np.int8)
         self._started = 0
         self._new_games(np.arange(min(b, max_games) if max_games is not None else b))
@@ -108,6 +109,7 @@ class SelfPlay:
         self._legal[slots, ply] = game.legal_mask(boards)
         self._policy[slots, ply] = policy
         self._version[slots, ply] = version
+        self._search_value[slots, ply] = np.clip(self.search.root_value(slots), -1, 1)
 
         temperature = np.where(ply < cfg.temp_threshold, cfg.temperature, cfg.final_temperature)
         actions = choose_actions(policy, temperature, self.rng)
@@ -154,6 +156,7 @@ class SelfPlay:
             legal_mask=self._legal[slot, :plies].copy(),
             policy=self._policy[slot, :plies].copy(),
             value=value,
+            search_value=self._search_value[slot, :plies].copy(),
         )
         return FinishedGame(
             transitions=transitions,

@@ -59,7 +59,9 @@ def _layout(batch: TransitionBatch) -> tuple | None:
     n = batch.ply.shape[0]
     key: list = [batch.env_id]
     for name in FIELDS:
-        a: Array = getattr(batch, name)
+        a: Array | None = getattr(batch, name)
+        if a is None:
+            return None  # an older actor's message, without an optional field: checked alone
         size = _itemsizes.get(a.dtype)
         if size is None:
             try:

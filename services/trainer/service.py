@@ -87,7 +87,8 @@ class TrainerService:
         t = config.training
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         self.window = ReplayWindow(self.game, t.window_size,
-                                   drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0)
+                                   drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0,
+                                   search_value_weight=t.search_value_weight)
         self.pace = SamplePace(t.samples_per_position, t.position_lead)
         self.rng = np.random.default_rng()
         self.step = 0

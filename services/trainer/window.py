@@ -4,7 +4,8 @@ Loaded once, then extended with only the rows added since (`id > last_id`), so a
 training step's cost does not grow with the table. Sampling is uniform over the window
 (optionally over its rows played by a model, once there are enough of them: see
 `drop_uniform_after`), with a random left-right mirror per sample (both games are
-symmetric that way).
+symmetric that way). The value target is the game's result, mixed with the search's
+root value as rows are loaded when `search_value_weight` is set.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ class Loaded(NamedTuple):
 
 
 class ReplayWindow:
-    def __init__(self, game: Game, size: int, drop_uniform_after: int = 0):
+    def __init__(self, game: Game, size: int, drop_uniform_after: int = 0, search_value_weight: float = 0.0):
         """`drop_uniform_after` > 0: once that many rows held were played by a model
-        (version >= 1), sample only those, never the uniform evaluator's (version 0)."""
+        (version >= 1), sample only those, never the uniform evaluator's (version 0).
+        `search_value_weight`: the value target is `(1 - w) * value + w * search_value`."""
         self.game, self.size = game, size
+        self.search_value_weight = search_value_weight
         self.drop_uniform_after = drop_uniform_after
         self._eligible: np.ndarray | None = None  # row indices sampled from; None: all held
         a = game.num_actions
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
         self.policy = np.zeros((size, a), np.float32)
-        self.value = np.zeros(size, np.float32)
+        self.value = np.zeros(size, np.float32)  # the value target, mixed as it is loaded
         self.model_version = np.zeros(size, np.int32)  # the model that played each position
         self.oldest_version = self.newest_version = 0  # over the rows held
         self.filled = 0  # rows held (<= size)
@@ -72,7 +75,8 @@ class ReplayWindow:
         idx = (self.write + np.arange(n)) % self.size
         self.observation[idx] = rows.observation
         self.policy[idx] = rows.policy
-        self.value[idx] = rows.value
+        w = self.search_value_weight
+        self.value[idx] = (1 - w) * rows.value + w * rows.search_value if w else rows.value
         self.model_version[idx] = rows.model_version
         self.write = int((self.write + n) % self.size)
         self.filled = min(self.filled + n, self.size)

@@ -59,5 +59,6 @@ def random_games(env_id: str = "tictactoe", games: int = 6, seed: int = 0,
                 legal_mask=np.stack([s[1][g] for s in steps[:length[g]]]),
                 policy=np.stack([s[2][g] for s in steps[:length[g]]]),
                 value=(sign * result[g]).astype(np.float32),
+                search_value=rng.uniform(-1, 1, length[g]).astype(np.float32),  # no search here: any value
             ))
     return out[:games]

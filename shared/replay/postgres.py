@@ -49,13 +49,14 @@ from shared import tls
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import DroppedPart, WriteResult, decode_rows
+from shared.replay.rows import ADDED_COLUMNS, DroppedPart, WriteResult, decode_rows
 from shared.retry import Link, Refused, reach
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value"]
+COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value",
+           "search_value"]
 MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
 PARTITION_LOCK = MIGRATION_LOCK + 1  # creating partitions: one writer at a time
 RETENTION_LOCK = MIGRATION_LOCK + 2  # dropping partitions, pruning the ledger: one service at a time
@@ -184,6 +185,8 @@ class PostgresReplay:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", self.table)
+            if kind is not None:
+                await self._add_columns(conn)
             if kind == "r":
                 await self._partition_existing(conn)
             elif kind is None:
@@ -211,6 +214,17 @@ class PostgresReplay:
             """)
         await self._make_room(0)
 
+    async def _add_columns(self, conn) -> None:
+        """Add what a table from an earlier release lacks (checked first: ALTER TABLE
+        takes its lock even when there is nothing to add)."""
+        have = {r["attname"] for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            self.table)}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:
+                await conn.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {kind}")
+                log.info("table %s: added column %s", self.name, name)
+
     def _create_parent_sql(self) -> str:
         return f"""
             CREATE TABLE {self.table} (
@@ -225,6 +239,7 @@ class PostgresReplay:
                 legal_mask bytea NOT NULL,
                 policy bytea NOT NULL,
                 value real NOT NULL,
+                search_value real,
                 PRIMARY KEY (id)
             ) PARTITION BY RANGE (id)"""
 
@@ -431,8 +446,8 @@ class PostgresReplay:
         # uuid_send: the uuid's 16 bytes, as the game_id column of Transitions holds them.
         with self._call():
             rows = await self.pool.fetch(
-                f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value"
-                f" FROM {self.table} {where}", *params)
+                f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value,"
+                f" coalesce(search_value, value) FROM {self.table} {where}", *params)
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])
@@ -468,6 +483,7 @@ def copy_data(batches: list[tuple[str, str, str, Transitions]]) -> bytes:
             "legal_mask": (("u1", t.legal_mask[0].nbytes), t.legal_mask.reshape(n, -1).view(np.uint8)),
             "policy": (("u1", t.policy[0].nbytes), np.ascontiguousarray(t.policy).view(np.uint8).reshape(n, -1)),
             "value": (">f4", t.value),
+            "search_value": (">f4", t.search_value),
         }
         layout = [("fields", ">i2")]
         for name in COLUMNS:

@@ -9,6 +9,11 @@ import numpy as np
 from shared.games import Game
 from shared.transitions import Transitions
 
+# Columns added after the first release, with their SQL type (the same word in PostgreSQL
+# and SQLite): each back end's migration adds them to an older table, where the rows
+# stored before hold NULL and readers fall back to `value`.
+ADDED_COLUMNS = {"search_value": "real"}
+
 
 @dataclass(frozen=True)
 class WriteResult:
@@ -37,9 +42,9 @@ def row_bytes(a: np.ndarray) -> list[bytes]:
 
 def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
     """Rows of (id, game_id bytes, ply, model_version, observation, legal_mask, policy,
-    value) back to numpy columns, one `frombuffer` per byte column."""
+    value, search_value) back to numpy columns, one `frombuffer` per byte column."""
     n, a = len(rows), game.num_actions
-    col = list(zip(*rows)) if rows else [()] * 8
+    col = list(zip(*rows)) if rows else [()] * 9
 
     def stacked(i: int, dtype, shape) -> np.ndarray:
         return np.frombuffer(b"".join(col[i]), dtype=dtype).reshape(n, *shape)
@@ -52,4 +57,5 @@ def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
         legal_mask=stacked(5, np.bool_, (a,)),
         policy=stacked(6, np.float32, (a,)),
         value=np.array(col[7], np.float32).reshape(n),
+        search_value=np.array(col[8], np.float32).reshape(n),
     )

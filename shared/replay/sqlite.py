@@ -22,7 +22,7 @@ from pathlib import Path
 from shared.config import StorageConfig
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import DroppedPart, WriteResult, decode_rows, row_bytes
+from shared.replay.rows import ADDED_COLUMNS, DroppedPart, WriteResult, decode_rows, row_bytes
 from shared.retry import Backoff, Link, retry
 from shared.threads import to_thread_to_completion
 from shared.transitions import Transitions
@@ -74,7 +74,7 @@ class SqliteReplay:
                 actor_id TEXT NOT NULL, model_version INTEGER NOT NULL,
                 created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
                 observation BLOB NOT NULL, legal_mask BLOB NOT NULL, policy BLOB NOT NULL,
-                value REAL NOT NULL,
+                value REAL NOT NULL, search_value REAL,
                 UNIQUE (game_id, ply));
             CREATE TABLE IF NOT EXISTS {self.table}_batches (
                 batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,
@@ -85,6 +85,11 @@ class SqliteReplay:
                 rows INTEGER NOT NULL, positions INTEGER NOT NULL, games INTEGER NOT NULL,
                 dropped_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
         """)
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({self.table})")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {kind}")
+                log.info("table %s: added column %s", self.table, name)
 
     async def _run(self, fn, *args):
         # Locked, busy or gone: raised to callers as ReplayUnavailable.
@@ -110,12 +115,13 @@ class SqliteReplay:
                 rows = zip(
                     [env_id] * n, [bytes(g) for g in t.game_id], t.ply.tolist(), [actor_id] * n,
                     t.model_version.tolist(), row_bytes(t.observation), row_bytes(t.legal_mask),
-                    row_bytes(t.policy), t.value.tolist(),
+                    row_bytes(t.policy), t.value.tolist(), t.search_value.tolist(),
                 )
                 # OR IGNORE: the same game under a new batch id must not be stored twice.
                 cur = db.executemany(
                     f"INSERT OR IGNORE INTO {self.table} (env_id, game_id, ply, actor_id, model_version,"
-                    " observation, legal_mask, policy, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    " observation, legal_mask, policy, value, search_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
                 inserted += cur.rowcount
             db.execute("COMMIT")
         except BaseException:
@@ -185,8 +191,8 @@ class SqliteReplay:
 
     def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
         rows = self._db.execute(
-            f"SELECT id, game_id, ply, model_version, observation, legal_mask, policy, value"
-            f" FROM {self.table} {where}", params).fetchall()
+            f"SELECT id, game_id, ply, model_version, observation, legal_mask, policy, value,"
+            f" coalesce(search_value, value) FROM {self.table} {where}", params).fetchall()
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, rows)
