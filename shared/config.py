@@ -93,6 +93,19 @@ class MCTSConfig(_Section):
     """Value of the best root move (side to move's view) under which it resigns."""
     fpu_reduction: Annotated[float, Meta(ge=0)] = 0.25
     """First-play urgency: unvisited children start at the parent's value minus this."""
+    full_search_fraction: Probability = 1.0
+    """Playout cap randomisation (KataGo), in self-play: the fraction of moves searched
+    with `num_simulations` and root noise, whose visit distributions are the policy
+    targets; the other moves get `fast_simulations` without noise and train the value
+    only (their rows carry policy weight 0). 1: every move is a full search."""
+    fast_simulations: PositiveInt = 40
+    """Simulations of the other moves, with `full_search_fraction` below 1."""
+
+    def __post_init__(self):
+        if self.full_search_fraction < 1 and self.fast_simulations >= self.num_simulations:
+            raise ValueError(
+                f"mcts.fast_simulations ({self.fast_simulations}) must be below num_simulations "
+                f"({self.num_simulations}) when full_search_fraction is below 1")
 
 
 class ActorConfig(_Section):

@@ -73,6 +73,9 @@ class TransitionBatch(msgspec.Struct, frozen=True, kw_only=True):
     search_value: Array | None = None
     """float32 [n]: the search's root value from the side to move's view (absent from
     older actors' messages: the outcome stands in)."""
+    policy_weight: Array | None = None
+    """float32 [n]: 1 where `policy` is a training target (a full search), 0 for a fast
+    search's move (playout cap randomisation); absent from older actors' messages: 1."""
 
     @property
     def rows(self) -> int:

@@ -19,6 +19,7 @@ POLICY_SUM_TOLERANCE = 1e-3
 # Fields a message from an older actor may lack, and what stands in for them.
 OPTIONAL_FIELDS = {
     "search_value": lambda cols: cols["value"].copy(),  # no search value: the result stands in
+    "policy_weight": lambda cols: np.ones(len(cols["value"]), np.float32),  # every move a full search
 }
 
 
@@ -34,6 +35,7 @@ class Transitions:
     policy: np.ndarray  # float32 [n, A]
     value: np.ndarray  # float32 [n]
     search_value: np.ndarray  # float32 [n]
+    policy_weight: np.ndarray  # float32 [n]: 1 where `policy` is a target (full search), else 0
 
     def __len__(self) -> int:
         return len(self.ply)
@@ -77,6 +79,7 @@ def from_batch(batch: TransitionBatch, game: Game) -> Transitions:
         "policy": (np.float32, (n, A)),
         "value": (np.float32, (n,)),
         "search_value": (np.float32, (n,)),
+        "policy_weight": (np.float32, (n,)),
     }
     cols = {}
     for name, (dtype, shape) in expected.items():
@@ -109,8 +112,8 @@ def _check_values(t: Transitions, game: Game) -> None:
         raise MessageError("model_version: must not be negative")
     if np.any(t.observation > 1) or np.any(t.observation.sum(axis=1) > 1):
         raise MessageError("observation: planes must be 0/1 and never overlap")
-    if not all(np.all(np.isfinite(a)) for a in (t.policy, t.value, t.search_value)):
-        raise MessageError("policy/value/search_value: NaN or infinite values")
+    if not all(np.all(np.isfinite(a)) for a in (t.policy, t.value, t.search_value, t.policy_weight)):
+        raise MessageError("policy/value/search_value/policy_weight: NaN or infinite values")
     if np.any(t.policy < 0):
         raise MessageError("policy: negative probabilities")
     if np.any(np.abs(t.policy.sum(axis=1) - 1) > POLICY_SUM_TOLERANCE):
@@ -121,3 +124,5 @@ def _check_values(t: Transitions, game: Game) -> None:
         raise MessageError("value: must lie in [-1, 1]")
     if np.any(np.abs(t.search_value) > 1):
         raise MessageError("search_value: must lie in [-1, 1]")
+    if np.any((t.policy_weight < 0) | (t.policy_weight > 1)):
+        raise MessageError("policy_weight: must lie in [0, 1]")

@@ -15,7 +15,7 @@ from services.evaluator.ratings import Rating
 from services.evaluator.rollback import decide
 from services.evaluator.service import EvaluatorService
 from services.trainer.export import export_onnx
-from services.trainer.learner import train_step
+from services.trainer.learner import Batch, train_step
 from services.trainer.network import PolicyValueNet
 from shared.bus import open_bus
 from shared.evaluations import open_evaluations
@@ -65,7 +65,8 @@ def trained_models(steps: int = 150, batch_size: int = 512) -> tuple[bytes, byte
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(steps):
         rows = rng.integers(0, len(obs), batch_size)
-        train_step(net, optimizer, (obs[rows], policy[rows], value[rows]), torch.device("cpu"))
+        train_step(net, optimizer, Batch(obs[rows], policy[rows], value[rows], np.ones(batch_size, np.float32)),
+                   torch.device("cpu"))
     strong = export_onnx(net)
     with torch.no_grad():
         last = net.policy_head[-1]

@@ -262,18 +262,23 @@ def test_checking_a_flush_at_once_agrees_with_checking_each_message():
                 assert_same_rows(g, expected[i])
 
 
-def test_a_message_from_an_actor_without_search_values_is_stored_with_its_results():
-    # Actors older than the search_value field are upgraded after ingest: their games count.
+def test_a_message_from_an_older_actor_is_stored_with_what_stands_for_the_fields_it_lacks():
+    # Actors older than the search_value and policy_weight fields are upgraded after
+    # ingest: their games count, with the result as search value and full policy weight.
     old, new = random_games("tictactoe", games=2, seed=13)
     fields = msgspec.structs.asdict(decode_transitions(message(old)[1]))
-    del fields["search_value"]
+    del fields["search_value"], fields["policy_weight"]
     older = decode_transitions(msgspec.msgpack.encode(fields))  # as an older actor encoded it
-    assert older.search_value is None
+    assert older.search_value is None and older.policy_weight is None
     got = check_many([older, decode_transitions(message(new)[1])], GAME)
-    assert_same_rows(got[0], old.__class__(**{**old.__dict__, "search_value": old.value}))
+    assert_same_rows(got[0], old.__class__(**{**old.__dict__, "search_value": old.value,
+                                              "policy_weight": np.ones(len(old), np.float32)}))
     assert_same_rows(got[1], new)
     bad = with_fields(new, search_value=np.full(len(new), 1.5, np.float32))
     with pytest.raises(MessageError, match="search_value: must lie in"):
+        from_batch(decode_transitions(bad), GAME)
+    bad = with_fields(new, policy_weight=np.full(len(new), -0.5, np.float32))
+    with pytest.raises(MessageError, match="policy_weight: must lie in"):
         from_batch(decode_transitions(bad), GAME)
 
 
@@ -452,7 +457,7 @@ async def test_creating_the_database_and_migrating_is_idempotent(make_config, po
             ("id", "bigint"), ("env_id", "text"), ("game_id", "uuid"), ("ply", "smallint"),
             ("actor_id", "text"), ("model_version", "integer"), ("created_at", "timestamp with time zone"),
             ("observation", "bytea"), ("legal_mask", "bytea"), ("policy", "bytea"), ("value", "real"),
-            ("search_value", "real")]
+            ("search_value", "real"), ("policy_weight", "real")]
     finally:
         name = url.rsplit("/", 1)[1]
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -24,6 +24,7 @@ from shared.games import get_game
 from shared.games.random_play import random_games
 from shared.replay import open_replay
 from shared.replay.postgres import COLUMNS
+from shared.replay.rows import ADDED_COLUMNS
 from shared.transitions import Transitions
 from tests.helpers import message, wait_until
 
@@ -187,7 +188,7 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
                 finished = done.is_set()
                 await window.refresh(replay)
                 if window.filled:
-                    obs, policy, value = window.sample(32, rng)
+                    obs, policy, value, _ = window.sample(32, rng)
                     assert obs.shape == (32, *GAME.obs_shape)
                     np.testing.assert_allclose(policy.sum(axis=1), 1, rtol=1e-5)
                     samples += 1
@@ -208,7 +209,7 @@ async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
     np.testing.assert_array_equal(window.observation[order], newest.observation)
 
 
-COLUMNS_BEFORE = [c for c in COLUMNS if c != "search_value"]  # the first release's columns
+COLUMNS_BEFORE = [c for c in COLUMNS if c not in ADDED_COLUMNS]  # the first release's columns
 INSERT_AS_BEFORE = (f"INSERT INTO transitions ({', '.join(COLUMNS_BEFORE)})"
                     f" VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS_BEFORE)))})")
 
@@ -220,15 +221,17 @@ def rows_as_before(parts) -> list[tuple]:
             for _, env_id, actor_id, t in parts for i in range(len(t))]
 
 
-async def test_a_table_from_before_search_values_gains_the_column(config):
-    """Rows stored before the column existed read their result as their search value."""
+async def test_a_table_from_the_first_release_gains_the_columns_added_since(config):
+    """Rows stored before the columns existed read their result as their search value
+    and a policy weight of 1 (every move was a full search then)."""
     old, new = batches(0, 10, seed=11), batches(10, 10, seed=12)
     async with open_replay(config.storage, GAME):
-        pass  # today's schema, then made as the release before search values had it
+        pass  # today's schema, then made as the first release had it
     if config.storage.replay_backend == "postgres":
         conn = await asyncpg.connect(config.storage.postgres_url)
         try:
-            await conn.execute("ALTER TABLE transitions DROP COLUMN search_value")
+            for name in ADDED_COLUMNS:
+                await conn.execute(f"ALTER TABLE transitions DROP COLUMN {name}")
             await conn.executemany(INSERT_AS_BEFORE, rows_as_before(old))
         finally:
             await conn.close()
@@ -236,7 +239,8 @@ async def test_a_table_from_before_search_values_gains_the_column(config):
         import sqlite3
         db = sqlite3.connect(config.storage.sqlite_path)
         with db:
-            db.execute("ALTER TABLE transitions DROP COLUMN search_value")
+            for name in ADDED_COLUMNS:
+                db.execute(f"ALTER TABLE transitions DROP COLUMN {name}")
             db.executemany(f"INSERT INTO transitions ({', '.join(COLUMNS_BEFORE)}) VALUES ({', '.join('?' * 9)})",
                            [(*r[:1], r[1].bytes, *r[2:]) for r in rows_as_before(old)])
         db.close()
@@ -249,9 +253,12 @@ async def test_a_table_from_before_search_values_gains_the_column(config):
     stored_old, stored_new = len(rows_as_before(old)), sum(len(b[3]) for b in new)
     assert len(rows) == stored_old + stored_new
     np.testing.assert_array_equal(rows.search_value[:stored_old], rows.value[:stored_old])
-    np.testing.assert_array_equal(rows.search_value[stored_old:],
-                                  np.concatenate([b[3].search_value for b in new]))
+    np.testing.assert_array_equal(rows.policy_weight[:stored_old], 1)
+    for name in ADDED_COLUMNS:  # new rows keep their own
+        np.testing.assert_array_equal(getattr(rows, name)[stored_old:],
+                                      np.concatenate([getattr(b[3], name) for b in new]))
     assert not np.array_equal(rows.search_value[stored_old:], rows.value[stored_old:])
+    assert 0 < rows.policy_weight[stored_old:].mean() < 1
 
 
 async def test_an_unpartitioned_table_is_partitioned_in_place(make_config):

@@ -164,6 +164,30 @@ def test_batched_search_matches_reference(game, positions, sims, noise, params):
         np.testing.assert_allclose(search.tree.prior[slot, 0].sum(), 1, atol=1e-6)
 
 
+def test_a_planned_search_runs_its_own_simulations_with_noise_only_where_planned():
+    # Playout cap randomisation: per slot, a full search (noise) or a fast one (none).
+    cfg = MCTSConfig(num_simulations=30, dirichlet_epsilon=0.5)
+    evaluator = HashEvaluator(C4, seed=2)
+    boards = boards_of(C4, ["", "44", "", "1234"])
+    search = BatchedMCTS(C4, cfg, 4, np.random.default_rng(0))
+    slots = np.arange(4)
+    search.plan(slots, np.array([30, 8, 8, 30]), np.array([True, False, False, True]))
+    search.start(slots, boards)
+    run(search, evaluator)
+    assert search.root_visits().tolist() == [30, 8, 8, 30] and search.done().all()
+    logits, _ = evaluator(C4.observe(boards))
+    plain = np.exp(logits - logits.max(1, keepdims=True))
+    plain /= plain.sum(1, keepdims=True)
+    for slot, noised in enumerate([True, False, False, True]):
+        same = np.allclose(search.tree.prior[slot, 0], plain[slot], atol=1e-6)
+        assert same != noised, slot
+    # Nothing planned: every search is full.
+    again = BatchedMCTS(C4, cfg, 2, np.random.default_rng(0))
+    again.start(np.arange(2), boards[:2])
+    run(again, evaluator)
+    assert again.root_visits().tolist() == [30, 30] and again.noise.all()
+
+
 def test_noise_changes_the_root_priors_exactly_as_specified():
     cfg = MCTSConfig(num_simulations=1, dirichlet_epsilon=0.4)
     evaluator = HashEvaluator(C4, seed=1)

@@ -67,6 +67,22 @@ def test_the_search_value_is_the_roots_value_from_the_side_to_move():
     assert any(t.search_value[0] != t.search_value[1] for t in won)  # one value per position
 
 
+def test_playout_cap_randomisation_marks_fast_searches_as_value_only():
+    cfg = MCTSConfig(num_simulations=32, full_search_fraction=0.25, fast_simulations=6, tree_reuse=False)
+    sp, finished = selfplay(cfg, games=60, parallel=12, seed=4)
+    weights = np.concatenate([g.transitions.policy_weight for g in finished])
+    assert set(weights.tolist()) == {0.0, 1.0}
+    assert 0.15 < weights.mean() < 0.35  # a quarter full, drawn per move
+    for g in finished:
+        check_game(TTT, g)
+        # Without tree reuse each search is exactly its cap: a fast one is visibly coarse.
+        visits = g.transitions.policy * np.where(g.transitions.policy_weight == 1, 32, 6)[:, None]
+        np.testing.assert_allclose(visits, np.round(visits), atol=1e-4)
+    assert sp.stats.simulations < 0.5 * len(weights) * 32  # far fewer simulations than all full
+    full = selfplay(MCTSConfig(num_simulations=32, tree_reuse=False), games=10, parallel=4)[1]
+    assert all((g.transitions.policy_weight == 1).all() for g in full)  # the default: all full
+
+
 def test_selfplay_runs_to_completion_with_sound_targets():
     cfg = MCTSConfig(num_simulations=16)
     sp, finished = selfplay(cfg)

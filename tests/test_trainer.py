@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from services.trainer.learner import Checkpoint
+from services.trainer.learner import Batch, Checkpoint, train_step
+from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow
 from shared.bus import MemoryBus
@@ -111,7 +112,7 @@ def test_window_keeps_the_newest_rows_and_mirrors_samples():
     window._append(rows)
     assert window.filled == 10
     np.testing.assert_array_equal(np.sort(window.value), np.sort(rows.value[-10:]))
-    obs, policy, value = window.sample(500, np.random.default_rng(0))
+    obs, policy, value, _ = window.sample(500, np.random.default_rng(0))
     assert obs.shape == (500, 2, 3, 3) and obs.dtype == np.float32
     np.testing.assert_allclose(policy.sum(axis=1), 1, rtol=1e-5)
     # Mirrored samples exist: some sample equals a stored row flipped left-right.
@@ -131,7 +132,7 @@ def test_window_stops_sampling_uniform_positions_once_enough_model_positions_exi
     assert window.sampled_positions == window.filled  # too few model positions yet: all sampled
     window._append(slice_rows(played, 1))
     assert window.sampled_positions == n // 2
-    _, _, value = window.sample(400, np.random.default_rng(0))
+    value = window.sample(400, np.random.default_rng(0)).value
     assert np.all(value == 0.5)  # only the model's rows
     plain = ReplayWindow(TTT, size=2 * n)  # the default: every row held
     plain._append(uniform)
@@ -146,7 +147,30 @@ def test_the_value_target_mixes_the_result_with_the_search_value():
     for weight, target in ((0.0, 1.0), (0.25, 0.5), (1.0, -1.0)):
         window = ReplayWindow(TTT, size=len(rows), search_value_weight=weight)
         window._append(rows)
-        np.testing.assert_allclose(window.sample(50, np.random.default_rng(0))[2], target)
+        np.testing.assert_allclose(window.sample(50, np.random.default_rng(0)).value, target)
+
+
+def test_rows_of_fast_searches_train_the_value_but_not_the_policy():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 2, (8, 2, 3, 3)).astype(np.float32)
+    policy = rng.dirichlet(np.ones(9), 8).astype(np.float32)
+    value = rng.uniform(-1, 1, 8).astype(np.float32)
+    weight = np.array([1, 0, 1, 0, 1, 1, 0, 1], np.float32)
+    other = policy.copy()
+    other[weight == 0] = rng.dirichlet(np.ones(9), 3)  # other targets where the weight is 0
+
+    def losses(policy_target, policy_weight):
+        net = PolicyValueNet(TTT.obs_shape, TTT.num_actions, blocks=1, channels=4)
+        net.load_state_dict(start)
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        return train_step(net, opt, Batch(obs, policy_target, value, policy_weight), torch.device("cpu"))
+
+    start = PolicyValueNet(TTT.obs_shape, TTT.num_actions, blocks=1, channels=4).state_dict()
+    weighted = losses(policy, weight)
+    assert losses(other, weight) == weighted  # the value-only rows' policies count for nothing
+    assert losses(other, np.ones(8, np.float32)).policy != weighted.policy  # with weight 1 they do
+    assert weighted.value == losses(policy, np.ones(8, np.float32)).value  # every row's value counts
 
 
 def slice_rows(rows, count):

@@ -64,6 +64,8 @@ class SelfPlay:
         self._policy = np.zeros((b, p, game.num_actions), np.float32)
         self._version = np.zeros((b, p), np.int32)
         self._search_value = np.zeros((b, p), np.float32)  # the root's value, side to move's view
+        self._policy_weight = np.zeros((b, p), np.float32)  # 1: a full search's policy target
+        self._full = np.ones(b, bool)  # each slot's current search is a full one
         self._actions = np.zeros((b, p), np.int8)
         self._started = 0
         self._new_games(np.arange(min(b, max_games) if max_games is not None else b))
@@ -86,7 +88,18 @@ class SelfPlay:
             b"".join(uuid.uuid4().bytes for _ in slots), np.uint8
         ).reshape(-1, 16)
         self._tree_version[slots] = self.evaluator.version
+        self._plan(slots)
         self.search.start(slots, self._boards[slots])
+
+    def _plan(self, slots: np.ndarray) -> None:
+        """Playout cap randomisation: which of the next searches are full (simulations,
+        noise, a policy target) and which are fast (value target only)."""
+        cfg = self.config
+        full = np.ones(len(slots), bool)
+        if cfg.full_search_fraction < 1:
+            full = self.rng.random(len(slots)) < cfg.full_search_fraction
+        self._full[slots] = full
+        self.search.plan(slots, np.where(full, cfg.num_simulations, cfg.fast_simulations), full)
 
     def step(self) -> list[FinishedGame]:
         """One simulation in every running game; then every game whose search is
@@ -110,6 +123,7 @@ class SelfPlay:
         self._policy[slots, ply] = policy
         self._version[slots, ply] = version
         self._search_value[slots, ply] = np.clip(self.search.root_value(slots), -1, 1)
+        self._policy_weight[slots, ply] = self._full[slots]
 
         temperature = np.where(ply < cfg.temp_threshold, cfg.temperature, cfg.final_temperature)
         actions = choose_actions(policy, temperature, self.rng)
@@ -134,6 +148,7 @@ class SelfPlay:
         self.stats.games += len(finished)
 
         going, going_actions = slots[~ended], actions[~ended]
+        self._plan(going)
         # Reuse a subtree only if the model playing now built it.
         reuse = cfg.tree_reuse & (self._tree_version[going] == version)
         self.search.advance(going[reuse], going_actions[reuse], self._boards[going[reuse]], reuse=True)
@@ -157,6 +172,7 @@ class SelfPlay:
             policy=self._policy[slot, :plies].copy(),
             value=value,
             search_value=self._search_value[slot, :plies].copy(),
+            policy_weight=self._policy_weight[slot, :plies].copy(),
         )
         return FinishedGame(
             transitions=transitions,

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from services.trainer.network import PolicyValueNet
+
+
+class Batch(NamedTuple):
+    """One training batch, as numpy arrays with the batch first."""
+
+    observation: np.ndarray  # float32 [b, 2, H, W]
+    policy: np.ndarray  # float32 [b, A]: the search's visit distribution
+    value: np.ndarray  # float32 [b]: the value target
+    policy_weight: np.ndarray  # float32 [b]: how much each row's policy counts (0: a fast search's)
 
 
 @dataclass
@@ -19,16 +29,16 @@ class StepLosses:
     total: float
 
 
-def train_step(
-    model: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: tuple[np.ndarray, np.ndarray, np.ndarray],
-    device: torch.device,
-) -> StepLosses:
-    obs, policy_target, value_target = (torch.from_numpy(a).to(device) for a in batch)
+def train_step(model: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: Batch,
+               device: torch.device) -> StepLosses:
+    obs, policy_target, value_target, policy_weight = (torch.from_numpy(a).to(device) for a in batch)
     model.train()
     logits, value = model(obs)
-    # Cross-entropy against the search's visit distribution; squared error against the
-    # game's outcome. Weight decay is the optimizer's.
-    policy_loss = -(policy_target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    # Cross-entropy against the search's visit distribution, averaged over the rows whose
+    # policy is a target (all of them without playout cap randomisation); squared error
+    # against the value target on every row. Weight decay is the optimizer's.
+    cross_entropy = -(policy_target * F.log_softmax(logits, dim=1)).sum(dim=1)
+    policy_loss = (policy_weight * cross_entropy).sum() / policy_weight.sum().clamp(min=1.0)
     value_loss = F.mse_loss(value, value_target)
     loss = policy_loss + value_loss
     optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from services.trainer.learner import Batch
 from shared.games import Game
 from shared.transitions import Transitions
 
@@ -42,6 +43,7 @@ class ReplayWindow:
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
         self.policy = np.zeros((size, a), np.float32)
         self.value = np.zeros(size, np.float32)  # the value target, mixed as it is loaded
+        self.policy_weight = np.zeros(size, np.float32)
         self.model_version = np.zeros(size, np.int32)  # the model that played each position
         self.oldest_version = self.newest_version = 0  # over the rows held
         self.filled = 0  # rows held (<= size)
@@ -77,6 +79,7 @@ class ReplayWindow:
         self.policy[idx] = rows.policy
         w = self.search_value_weight
         self.value[idx] = (1 - w) * rows.value + w * rows.search_value if w else rows.value
+        self.policy_weight[idx] = rows.policy_weight
         self.model_version[idx] = rows.model_version
         self.write = int((self.write + n) % self.size)
         self.filled = min(self.filled + n, self.size)
@@ -94,8 +97,8 @@ class ReplayWindow:
         """Rows sampling draws from."""
         return self.filled if self._eligible is None else len(self._eligible)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`(observation float32[b, 2, H, W], policy [b, A], value [b])`, uniformly drawn."""
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """A batch of `batch_size` rows, uniformly drawn (observations as float32)."""
         idx = rng.integers(0, self.sampled_positions, size=batch_size)
         if self._eligible is not None:
             idx = self._eligible[idx]
@@ -104,4 +107,4 @@ class ReplayWindow:
         flip = rng.random(batch_size) < 0.5
         obs[flip] = obs[flip][..., ::-1]
         policy[flip] = policy[flip][:, self._mirror]
-        return obs, policy, self.value[idx]
+        return Batch(obs, policy, self.value[idx], self.policy_weight[idx])

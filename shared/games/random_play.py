@@ -60,5 +60,6 @@ def random_games(env_id: str = "tictactoe", games: int = 6, seed: int = 0,
                 policy=np.stack([s[2][g] for s in steps[:length[g]]]),
                 value=(sign * result[g]).astype(np.float32),
                 search_value=rng.uniform(-1, 1, length[g]).astype(np.float32),  # no search here: any value
+                policy_weight=(rng.random(length[g]) < 0.75).astype(np.float32),
             ))
     return out[:games]

@@ -49,14 +49,14 @@ from shared import tls
 from shared.config import StorageConfig, mask_url
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import ADDED_COLUMNS, DroppedPart, WriteResult, decode_rows
+from shared.replay.rows import ADDED_COLUMNS, READ_ADDED, DroppedPart, WriteResult, decode_rows
 from shared.retry import Link, Refused, reach
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value",
-           "search_value"]
+           "search_value", "policy_weight"]
 MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
 PARTITION_LOCK = MIGRATION_LOCK + 1  # creating partitions: one writer at a time
 RETENTION_LOCK = MIGRATION_LOCK + 2  # dropping partitions, pruning the ledger: one service at a time
@@ -240,6 +240,7 @@ class PostgresReplay:
                 policy bytea NOT NULL,
                 value real NOT NULL,
                 search_value real,
+                policy_weight real,
                 PRIMARY KEY (id)
             ) PARTITION BY RANGE (id)"""
 
@@ -447,7 +448,7 @@ class PostgresReplay:
         with self._call():
             rows = await self.pool.fetch(
                 f"SELECT id, uuid_send(game_id), ply, model_version, observation, legal_mask, policy, value,"
-                f" coalesce(search_value, value) FROM {self.table} {where}", *params)
+                f" {READ_ADDED} FROM {self.table} {where}", *params)
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, [tuple(r) for r in rows])
@@ -484,6 +485,7 @@ def copy_data(batches: list[tuple[str, str, str, Transitions]]) -> bytes:
             "policy": (("u1", t.policy[0].nbytes), np.ascontiguousarray(t.policy).view(np.uint8).reshape(n, -1)),
             "value": (">f4", t.value),
             "search_value": (">f4", t.search_value),
+            "policy_weight": (">f4", t.policy_weight),
         }
         layout = [("fields", ">i2")]
         for name in COLUMNS:

@@ -11,8 +11,10 @@ from shared.transitions import Transitions
 
 # Columns added after the first release, with their SQL type (the same word in PostgreSQL
 # and SQLite): each back end's migration adds them to an older table, where the rows
-# stored before hold NULL and readers fall back to `value`.
-ADDED_COLUMNS = {"search_value": "real"}
+# stored before hold NULL and readers take what stood for them (`READ_AS`).
+ADDED_COLUMNS = {"search_value": "real", "policy_weight": "real"}
+# How readers select the columns after `value` (the rows' search value and policy weight).
+READ_ADDED = "coalesce(search_value, value), coalesce(policy_weight, 1)"
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,10 @@ def row_bytes(a: np.ndarray) -> list[bytes]:
 
 def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
     """Rows of (id, game_id bytes, ply, model_version, observation, legal_mask, policy,
-    value, search_value) back to numpy columns, one `frombuffer` per byte column."""
+    value, search_value, policy_weight) back to numpy columns, one `frombuffer` per byte
+    column."""
     n, a = len(rows), game.num_actions
-    col = list(zip(*rows)) if rows else [()] * 9
+    col = list(zip(*rows)) if rows else [()] * 10
 
     def stacked(i: int, dtype, shape) -> np.ndarray:
         return np.frombuffer(b"".join(col[i]), dtype=dtype).reshape(n, *shape)
@@ -58,4 +61,5 @@ def decode_rows(game: Game, rows: list[tuple]) -> Transitions:
         policy=stacked(6, np.float32, (a,)),
         value=np.array(col[7], np.float32).reshape(n),
         search_value=np.array(col[8], np.float32).reshape(n),
+        policy_weight=np.array(col[9], np.float32).reshape(n),
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 from shared.config import StorageConfig
 from shared.games import Game
 from shared.replay import ReplayUnavailable
-from shared.replay.rows import ADDED_COLUMNS, DroppedPart, WriteResult, decode_rows, row_bytes
+from shared.replay.rows import ADDED_COLUMNS, READ_ADDED, DroppedPart, WriteResult, decode_rows, row_bytes
 from shared.retry import Backoff, Link, retry
 from shared.threads import to_thread_to_completion
 from shared.transitions import Transitions
@@ -74,7 +74,7 @@ class SqliteReplay:
                 actor_id TEXT NOT NULL, model_version INTEGER NOT NULL,
                 created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
                 observation BLOB NOT NULL, legal_mask BLOB NOT NULL, policy BLOB NOT NULL,
-                value REAL NOT NULL, search_value REAL,
+                value REAL NOT NULL, search_value REAL, policy_weight REAL,
                 UNIQUE (game_id, ply));
             CREATE TABLE IF NOT EXISTS {self.table}_batches (
                 batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,
@@ -115,12 +115,13 @@ class SqliteReplay:
                 rows = zip(
                     [env_id] * n, [bytes(g) for g in t.game_id], t.ply.tolist(), [actor_id] * n,
                     t.model_version.tolist(), row_bytes(t.observation), row_bytes(t.legal_mask),
-                    row_bytes(t.policy), t.value.tolist(), t.search_value.tolist(),
+                    row_bytes(t.policy), t.value.tolist(), t.search_value.tolist(), t.policy_weight.tolist(),
                 )
                 # OR IGNORE: the same game under a new batch id must not be stored twice.
                 cur = db.executemany(
                     f"INSERT OR IGNORE INTO {self.table} (env_id, game_id, ply, actor_id, model_version,"
-                    " observation, legal_mask, policy, value, search_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " observation, legal_mask, policy, value, search_value, policy_weight)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
                 inserted += cur.rowcount
             db.execute("COMMIT")
@@ -192,7 +193,7 @@ class SqliteReplay:
     def _fetch(self, where: str, params: tuple, last_id: int) -> tuple[int, Transitions]:
         rows = self._db.execute(
             f"SELECT id, game_id, ply, model_version, observation, legal_mask, policy, value,"
-            f" coalesce(search_value, value) FROM {self.table} {where}", params).fetchall()
+            f" {READ_ADDED} FROM {self.table} {where}", params).fetchall()
         if not rows:
             return last_id, decode_rows(self.game, [])
         return rows[-1][0], decode_rows(self.game, rows)

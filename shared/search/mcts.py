@@ -37,6 +37,9 @@ class BatchedMCTS:
         self.tree = Tree.allocate(batch, self.nodes, game.num_actions, game.board_shape)
         self.active = np.zeros(batch, bool)  # slots that take part in simulations
         self.add_noise = config.dirichlet_epsilon > 0
+        # Per slot, for its next search (see `plan`): simulations, and noise at the root.
+        self.budget = np.full(batch, config.num_simulations, np.int64)
+        self.noise = np.full(batch, self.add_noise)
         self._noise_pending = np.zeros(batch, bool)
         self._all = np.arange(batch)
         self.evaluated = 0  # positions sent to the network, ever
@@ -45,11 +48,17 @@ class BatchedMCTS:
         self._path_actions = np.zeros((batch, self.nodes), np.int32)
 
     # -- trees --------------------------------------------------------------------
+    def plan(self, slots: np.ndarray, simulations: np.ndarray, noise: np.ndarray) -> None:
+        """The next search in `slots` (set before `start` or `advance`): how many
+        simulations (at most `num_simulations`), and whether its root gets noise."""
+        self.budget[slots] = simulations
+        self.noise[slots] = noise & self.add_noise
+
     def start(self, slots: np.ndarray, boards: np.ndarray) -> None:
         """New searches from `boards` (fresh trees) in `slots`."""
         self.tree.reset(slots, boards)
         self.active[slots] = True
-        self._noise_pending[slots] = self.add_noise
+        self._noise_pending[slots] = self.noise[slots]
 
     def advance(self, slots: np.ndarray, actions: np.ndarray, next_boards: np.ndarray, reuse: bool) -> None:
         """The games in `slots` played `actions`; continue from `next_boards`, keeping the
@@ -59,7 +68,7 @@ class BatchedMCTS:
             kept = children != NO_CHILD
             if kept.any():
                 self.tree.reroot(slots[kept], children[kept])
-                self._noise_pending[slots[kept]] = self.add_noise
+                self._noise_pending[slots[kept]] = self.noise[slots[kept]]
                 self._apply_pending_noise(slots[kept])
             slots, next_boards = slots[~kept], next_boards[~kept]
         if len(slots):
@@ -74,8 +83,8 @@ class BatchedMCTS:
         return self.tree.edge_visits[:, 0].sum(axis=1)
 
     def done(self) -> np.ndarray:
-        """Slots whose search has its `num_simulations`."""
-        return self.active & (self.root_visits() >= self.config.num_simulations)
+        """Slots whose search has its simulations (`num_simulations` unless planned)."""
+        return self.active & (self.root_visits() >= self.budget)
 
     def visit_policy(self, slots: np.ndarray) -> np.ndarray:
         """Root visit distribution (the policy target), `float32[len(slots), A]`."""
@@ -99,8 +108,8 @@ class BatchedMCTS:
     def simulate(self, evaluator) -> int:
         """Run one simulation in each active tree whose search is not complete yet;
         returns how many ran."""
-        t, cfg = self.tree, self.config
-        slots = np.flatnonzero(self.active & (self.root_visits() < cfg.num_simulations))
+        t = self.tree
+        slots = np.flatnonzero(self.active & (self.root_visits() < self.budget))
         if not len(slots):
             return 0
         fresh = ~t.expanded[slots, 0]
