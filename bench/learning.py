@@ -14,8 +14,10 @@ Last line: one JSON object with `optimal_pct` and `policy_optimal_pct` (each
 `{"early", "mid", "late"}`, all positions), `rating` and `rating_error` (the newest
 model's, Elo above random), `rating_gain` (newest minus first rated version, with the error
 of the difference), `positions`, `steps`, `versions`, `minutes`, `model` (the
-newest ONNX file: score it on a position set of your own with `cartridge analyze`) and
-`run_dir`.
+newest ONNX file: score it on a position set of your own with `cartridge analyze`),
+`run_dir` and `host` (this machine's speed, measured just before the run: training steps/s
+and network evaluations/s of the default network, one thread each; runs on different
+hosts differ by it as much as by most levers).
 
     .venv/bin/python bench/learning.py [--minutes 60] [--actors 2] [--set section.key=value ...]
     .venv/bin/python bench/learning.py --rescore --dir runs/learning-...   # score a finished run again
@@ -109,22 +111,63 @@ def at(curve: list[dict], minutes: float) -> dict:
     return seen[-1] if seen else {"positions": 0, "steps": 0}
 
 
+def host_speed(config: Config, game) -> dict:
+    """Training steps/s (batch `training.batch_size`) and evaluations/s (batches of 64
+    through onnxruntime) of the configured network, one thread each: a yardstick that lets
+    runs made on different machines be compared."""
+    import numpy as np
+    import torch
+
+    from services.trainer.export import export_onnx
+    from services.trainer.learner import Batch, train_step
+    from services.trainer.network import build_network
+    from shared.inference import OnnxEvaluator
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    net = build_network(game, config.network)
+    optimizer = torch.optim.Adam(net.parameters())
+    b, a = config.training.batch_size, game.num_actions
+    batch = Batch(rng.integers(0, 2, (b, *game.obs_shape)).astype(np.float32),
+                  rng.dirichlet(np.ones(a), b).astype(np.float32), rng.uniform(-1, 1, b).astype(np.float32),
+                  np.ones(b, np.float32))
+    train_step(net, optimizer, batch, torch.device("cpu"))  # warm-up
+    started, steps = time.perf_counter(), 20
+    for _ in range(steps):
+        train_step(net, optimizer, batch, torch.device("cpu"))
+    train_rate = steps / (time.perf_counter() - started)
+    evaluator = OnnxEvaluator.from_bytes(export_onnx(net), game, version=1)
+    obs = batch.observation[:64]
+    evaluator(obs)
+    started, calls = time.perf_counter(), 100
+    for _ in range(calls):
+        evaluator(obs)
+    return {"train_steps_per_s": round(train_rate, 2),
+            "evals_per_s": round(calls * len(obs) / (time.perf_counter() - started))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict]]:
-    """`cartridge up --minutes N` in `run_dir`, followed; its start time and curve."""
+def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict], dict]:
+    """`cartridge up --minutes N` in `run_dir`, followed; its start time, curve and the
+    host's speed."""
     if run_dir.exists() and any(run_dir.iterdir()):
         sys.exit(f"learning: {run_dir} is not empty (a learning run starts from nothing)")
     run_dir.mkdir(parents=True, exist_ok=True)
     sets = [x for s in args.set for x in ("--set", s)]
     print(f"learning: {args.minutes:g} minutes of cartridge up in {run_dir}", flush=True)
 
+    config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
+    host = host_speed(config, get_game(config.common.env_id))
+    print(f"learning: this host trains {host['train_steps_per_s']} steps/s and evaluates "
+          f"{host['evals_per_s']} positions/s (one thread each)", flush=True)
     started = time.time()
-    (run_dir / "run.json").write_text(json.dumps({"started": started, "minutes": args.minutes, "set": args.set}))
+    (run_dir / "run.json").write_text(json.dumps({"started": started, "minutes": args.minutes, "set": args.set,
+                                                  "host": host}))
     # Its web page on a free port (runs side by side must not collide); a --set of web.port wins.
     web = ["--set", f"web.port={free_port()}"]
     proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "up", "--minutes", str(args.minutes),
@@ -135,21 +178,22 @@ def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict]]:
     if proc.wait() != 0:  # what it stored is on disk: score it all the same
         print(f"learning: cartridge up exited with {proc.returncode} (see {run_dir / 'up.log'}); "
               "scoring what it stored", file=sys.stderr, flush=True)
-    return started, curve
+    return started, curve, host
 
 
-def recorded(run_dir: Path) -> tuple[float, list[dict], float]:
-    """A finished run's start time, curve and minutes, from its directory."""
+def recorded(run_dir: Path) -> tuple[float, list[dict], float, dict | None]:
+    """A finished run's start time, curve, minutes and host speed, from its directory."""
     try:
         curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
     except FileNotFoundError:
         sys.exit(f"learning: {run_dir} holds no curve.jsonl: not a learning run's directory")
     if (run_dir / "run.json").exists():
         meta = json.loads((run_dir / "run.json").read_text())
-        return meta["started"], curve, meta["minutes"]
+        return meta["started"], curve, meta["minutes"], meta.get("host")
     # Runs from before run.json: the first log line's time (local), the curve's length.
     first = (run_dir / "up.log").read_text().split(",", 1)[0]
-    return time.mktime(time.strptime(first, "%Y-%m-%d %H:%M:%S")), curve, round(curve[-1]["minutes"] if curve else 0)
+    return (time.mktime(time.strptime(first, "%Y-%m-%d %H:%M:%S")), curve,
+            round(curve[-1]["minutes"] if curve else 0), None)
 
 
 def main() -> None:
@@ -165,10 +209,10 @@ def main() -> None:
         if not args.dir:
             sys.exit("learning: --rescore needs --dir (the run to score)")
         run_dir = Path(args.dir).resolve()
-        started, curve, args.minutes = recorded(run_dir)
+        started, curve, args.minutes, host = recorded(run_dir)
     else:
         run_dir = Path(args.dir or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        started, curve = run(run_dir, args)
+        started, curve, host = run(run_dir, args)
     os.chdir(run_dir)  # the embedded back ends' paths are relative to the run directory
     config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
     game = get_game(config.common.env_id)
@@ -196,7 +240,7 @@ def main() -> None:
         "policy_optimal_pct": accuracy.optimal_pct("policy"), "rating": last.get("rating"),
         "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config)),
         "positions": end["positions"], "steps": end["steps"],
-        "versions": newest, "model": str(model) if model else None, "run_dir": str(run_dir),
+        "versions": newest, "model": str(model) if model else None, "run_dir": str(run_dir), "host": host,
     }))
 
 
