@@ -6,7 +6,11 @@ thread. In one run it measures raw onnxruntime evaluations/s at the search's bat
 self-play simulations/s. `ratio = sims_per_s / raw_evals_per_s`: 1.0 would mean tree
 search costs nothing on top of the network. Last line: a JSON object.
 
-    python bench/selfplay.py [--games 256] [--seconds 60] [--sims 200] [--metrics]
+    python bench/selfplay.py [--games 256] [--seconds 60] [--sims 200] [--cache-positions N] [--metrics]
+
+`--cache-positions N` puts an evaluation cache of N positions in front of the network
+(`actor.eval_cache_positions`): the ratio may then pass 1, and `cache_saved` says which
+fraction of the search's evaluations the cache answered.
 
 `--metrics` adds what metrics cost an actor of `cartridge up`, from a thread as the
 actor's event loop would: its status snapshot copied into prometheus_client's
@@ -80,6 +84,7 @@ def main() -> None:
     parser.add_argument("--sims", type=int, default=200, help="simulations per move")
     parser.add_argument("--raw-seconds", type=float, default=10, help="each raw-ORT phase")
     parser.add_argument("--metrics", action="store_true", help="record and scrape metrics meanwhile")
+    parser.add_argument("--cache-positions", type=int, default=0, help="evaluation cache size (0: none)")
     args = parser.parse_args()
     if args.metrics:  # before anything imports prometheus_client, as `cartridge up` does
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
@@ -102,10 +107,11 @@ def main() -> None:
     obs = game.observe(boards)
 
     raw_before = raw_evals_per_s(evaluator, obs, args.raw_seconds)
-    selfplay = SelfPlay(game, config, evaluator, num_games=args.games, seed=0)
+    selfplay = SelfPlay(game, config, evaluator, num_games=args.games, seed=0, cache_positions=args.cache_positions)
     for _ in range(5):  # warm-up
         selfplay.step()
     s0, p0, g0 = selfplay.stats.simulations, selfplay.stats.positions, selfplay.stats.games
+    e0, n0 = selfplay.stats.evaluations, selfplay.stats.evaluated
     done, scrapes = threading.Event(), []
     if args.metrics:
         threading.Thread(target=record_metrics, args=(selfplay, done, scrapes), daemon=True).start()
@@ -135,6 +141,8 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "metrics": args.metrics,
         "scrapes": len(scrapes),
+        "cache_positions": args.cache_positions,
+        "cache_saved": round(1 - (selfplay.stats.evaluated - n0) / max(selfplay.stats.evaluations - e0, 1), 3),
     }
     print(f"self-play: {result['positions_per_s']} positions/s, {result['sims_per_s']} sims/s "
           f"over {steps} steps; raw onnxruntime at batch {args.games}: {result['raw_evals_per_s']} evals/s")

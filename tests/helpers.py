@@ -16,6 +16,31 @@ from shared.messages import encode_transitions
 from shared.transitions import Transitions, to_batch
 
 
+class HashEvaluator:
+    """A deterministic, non-uniform stand-in for the network: fixed random integer linear
+    maps of the observation. Integer arithmetic and one division per output make each
+    row's result independent of the batch it comes in, so batched and one-at-a-time
+    evaluation agree bit for bit."""
+
+    version = 0
+
+    def __init__(self, game, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        d = int(np.prod(game.obs_shape))
+        self.w_logits = rng.integers(-6, 7, size=(d, game.num_actions))
+        self.b_logits = rng.integers(-6, 7, size=game.num_actions)
+        self.w_value = rng.integers(-6, 7, size=d)
+        self.b_value = int(rng.integers(-3, 4))
+        self.rows = 0
+
+    def __call__(self, obs: np.ndarray):
+        x = obs.reshape(len(obs), -1).astype(np.int64)
+        self.rows += len(obs)
+        logits = ((x @ self.w_logits + self.b_logits) / 4).astype(np.float32)
+        value = (np.clip(x @ self.w_value + self.b_value, -12, 12) / 13).astype(np.float32)
+        return logits, value
+
+
 def play_games(env_id: str = "tictactoe", games: int = 6, sims: int = 8, seed: int = 0) -> list[Transitions]:
     """Finished self-play games (uniform evaluator, real search), one Transitions per game."""
     from services.actor.selfplay import SelfPlay

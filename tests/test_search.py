@@ -6,40 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import HashEvaluator
 from reference_mcts import ReferenceMCTS
 from shared.config import MCTSConfig
 from shared.games import get_game
 from shared.inference import UniformEvaluator
+from shared.search.cache import EvaluationCache
 from shared.search.mcts import BatchedMCTS
 from shared.search.tree import Tree
 
 C4 = get_game("connect4")
 TTT = get_game("tictactoe")
-
-
-class HashEvaluator:
-    """A deterministic, non-uniform stand-in for the network: fixed random integer linear
-    maps of the observation. Integer arithmetic and one division per output make each
-    row's result independent of the batch it comes in, so batched and one-at-a-time
-    evaluation agree bit for bit."""
-
-    version = 0
-
-    def __init__(self, game, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        d = int(np.prod(game.obs_shape))
-        self.w_logits = rng.integers(-6, 7, size=(d, game.num_actions))
-        self.b_logits = rng.integers(-6, 7, size=game.num_actions)
-        self.w_value = rng.integers(-6, 7, size=d)
-        self.b_value = int(rng.integers(-3, 4))
-        self.rows = 0
-
-    def __call__(self, obs: np.ndarray):
-        x = obs.reshape(len(obs), -1).astype(np.int64)
-        self.rows += len(obs)
-        logits = ((x @ self.w_logits + self.b_logits) / 4).astype(np.float32)
-        value = (np.clip(x @ self.w_value + self.b_value, -12, 12) / 13).astype(np.float32)
-        return logits, value
 
 
 class FixedNoise:
@@ -186,6 +163,24 @@ def test_a_planned_search_runs_its_own_simulations_with_noise_only_where_planned
     again.start(np.arange(2), boards[:2])
     run(again, evaluator)
     assert again.root_visits().tolist() == [30, 30] and again.noise.all()
+
+
+def test_the_cache_answers_repeated_positions_exactly_and_evaluates_each_new_one_once():
+    network = HashEvaluator(C4, seed=5)
+    cache = EvaluationCache(network, capacity=4, num_actions=C4.num_actions)
+    boards = boards_of(C4, ["", "4", "44", "", "4", "1"])  # two repeats inside the batch
+    obs = C4.observe(boards)
+    logits, value = cache(obs)
+    want_logits, want_value = HashEvaluator(C4, seed=5)(obs)
+    np.testing.assert_array_equal(logits, want_logits)
+    np.testing.assert_array_equal(value, want_value)
+    assert network.rows == 4 and cache.evaluated == 4  # "", "4", "44", "1": once each
+    cache(obs[[2, 3]])  # both held: nothing evaluated
+    assert network.rows == 4 and cache.asked == 8
+    cache(C4.observe(boards_of(C4, ["7", "77"])))  # a full ring: the two oldest ("", "4") go
+    cache(obs[[0, 2]])
+    assert network.rows == 7  # "" evaluated again, "44" still held
+    assert cache.saved == pytest.approx(1 - 7 / 12)
 
 
 def test_noise_changes_the_root_priors_exactly_as_specified():

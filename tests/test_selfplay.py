@@ -3,6 +3,8 @@ shapes play, model versions across a hot swap; and how a move is drawn from a po
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from services.actor.selfplay import SelfPlay, choose_actions
 from shared.config import MCTSConfig
 from shared.games import get_game
 from shared.inference import UniformEvaluator
+from helpers import HashEvaluator, assert_same_rows
 
 C4 = get_game("connect4")
 TTT = get_game("tictactoe")
@@ -81,6 +84,24 @@ def test_playout_cap_randomisation_marks_fast_searches_as_value_only():
     assert sp.stats.simulations < 0.5 * len(weights) * 32  # far fewer simulations than all full
     full = selfplay(MCTSConfig(num_simulations=32, tree_reuse=False), games=10, parallel=4)[1]
     assert all((g.transitions.policy_weight == 1).all() for g in full)  # the default: all full
+
+
+def test_an_evaluation_cache_changes_nothing_but_the_work():
+    cfg = MCTSConfig(num_simulations=24)
+    played = {}
+    for cache in (0, 500):
+        network = HashEvaluator(C4, seed=7)
+        sp = SelfPlay(C4, cfg, network, num_games=6, max_games=12, seed=1, cache_positions=cache)
+        finished = []
+        while sp.running:
+            finished += sp.step()
+        played[cache] = (finished, network.rows, sp.stats)
+    (plain, plain_rows, _), (cached, cached_rows, stats) = played[0], played[500]
+    assert [g.moves for g in cached] == [g.moves for g in plain]  # the same games, move for move
+    for a, b in zip(cached, plain):  # and the same rows (but for the games' fresh ids)
+        assert_same_rows(dataclasses.replace(a.transitions, game_id=b.transitions.game_id), b.transitions)
+    assert cached_rows < 0.9 * plain_rows  # while the network evaluated fewer positions
+    assert stats.evaluated == cached_rows < stats.evaluations == plain_rows
 
 
 def test_selfplay_runs_to_completion_with_sound_targets():

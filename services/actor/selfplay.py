@@ -14,6 +14,7 @@ import numpy as np
 from shared.config import MCTSConfig
 from shared.games import Game
 from shared.inference import Evaluator
+from shared.search.cache import EvaluationCache
 from shared.search.mcts import BatchedMCTS
 from shared.transitions import Transitions
 
@@ -29,7 +30,8 @@ class FinishedGame:
 @dataclass
 class SelfPlayStats:
     simulations: int = 0
-    evaluations: int = 0
+    evaluations: int = 0  # positions the search asked the network for
+    evaluated: int = 0  # of those, the ones the network computed (the others came from the cache)
     positions: int = 0
     games: int = 0
 
@@ -47,8 +49,14 @@ class SelfPlay:
         num_games: int,
         max_games: int | None = None,
         seed: int | None = None,
+        cache_positions: int = 0,
     ):
+        """`cache_positions` > 0: remember that many of the network's evaluations (see
+        `shared/search/cache.py`), afresh for every model."""
         self.game, self.config, self.evaluator = game, config, evaluator
+        self.cache_positions = cache_positions
+        self._cache: EvaluationCache | None = None
+        self._evaluated_before = 0  # by the caches of earlier models
         self.rng = np.random.default_rng(seed)
         self.search = BatchedMCTS(game, config, num_games, self.rng)
         self.max_games = max_games
@@ -105,13 +113,25 @@ class SelfPlay:
         """One simulation in every running game; then every game whose search is
         complete plays its move. Returns the games that ended."""
         evaluator = self.evaluator  # one model for the whole step, even if swapped meanwhile
-        ran = self.search.simulate(evaluator)
+        ran = self.search.simulate(self._network(evaluator))
         self.stats.simulations += ran
         self.stats.evaluations = self.search.evaluated
+        self.stats.evaluated = self.stats.evaluations if self._cache is None else (
+            self._evaluated_before + self._cache.evaluated)
         ready = np.flatnonzero(self.search.done())
         if not len(ready):
             return []
         return self._play(ready, evaluator.version)
+
+    def _network(self, evaluator: Evaluator) -> Evaluator:
+        """`evaluator`, behind this model's evaluation cache if there is one."""
+        if not self.cache_positions:
+            return evaluator
+        if self._cache is None or self._cache.inner is not evaluator:
+            if self._cache is not None:
+                self._evaluated_before += self._cache.evaluated
+            self._cache = EvaluationCache(evaluator, self.cache_positions, self.game.num_actions)
+        return self._cache
 
     def _play(self, slots: np.ndarray, version: int) -> list[FinishedGame]:
         cfg, game = self.config, self.game

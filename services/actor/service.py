@@ -102,7 +102,8 @@ class ActorService:
             await self.reloader.load_initial()
             max_games = cfg.actor.max_episodes if cfg.actor.max_episodes >= 0 else None
             self.selfplay = SelfPlay(self.game, cfg.mcts, self.reloader.current,
-                                     num_games=cfg.actor.parallel_games, max_games=max_games)
+                                     num_games=cfg.actor.parallel_games, max_games=max_games,
+                                     cache_positions=cfg.actor.eval_cache_positions)
             events = await self.bus.subscribe_events()
             self.bus.on_events_restored(self._reconnected.set)
             log.info("actor %s playing %s with model %d, %d games in parallel",
@@ -162,8 +163,11 @@ class ActorService:
             return
         s = self.status()
         rate = (s.positions - self._last_positions) / (now - self._last_log)
-        log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed",
-                 self.actor_id, s.games, rate, s.model_version, s.unconfirmed)
+        stats = self.selfplay.stats
+        cached = f", {1 - stats.evaluated / stats.evaluations:.0%} of evaluations from the cache" if (
+            self.selfplay.cache_positions and stats.evaluations) else ""
+        log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed%s",
+                 self.actor_id, s.games, rate, s.model_version, s.unconfirmed, cached)
         self._last_log, self._last_positions = now, s.positions
 
     async def _receive(self, events: AsyncIterator[bytes], updates: asyncio.Queue) -> None:
