@@ -88,7 +88,8 @@ def test_status_sees_a_running_service_and_names_it_once_stopped(tmp_path, heart
         deadline = time.monotonic() + 60
         while True:
             up = status_command(env)
-            if up.returncode == 0 and "ingest" in up.stdout:
+            # A heartbeat of state "starting" counts as up too: wait for it to run.
+            if up.returncode == 0 and any(ln.startswith("ingest") and "running" in ln for ln in up.stdout.splitlines()):
                 break
             assert ingest.poll() is None, log.read_text()
             assert time.monotonic() < deadline, up.stdout + up.stderr
