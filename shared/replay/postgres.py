@@ -26,8 +26,9 @@ partitioned table's unique constraints must contain the partition key, so the ta
 `UNIQUE (game_id, ply)` became one per partition; exactly-once rests on the ledger, which
 is not partitioned (its primary key stays global) and is pruned by age only
 (`storage.ledger_retention_hours` behind its newest entry, in small deletes: it holds one
-row per message, not per position; where the server's autovacuum is off, retention
-VACUUMs the ledger itself). A table from before partitioning is migrated in
+row per message, not per position). Where the server's autovacuum is off, retention
+VACUUMs what it churns itself: the ledger, and the system catalogs that every partition
+created and dropped leaves dead rows in. A table from before partitioning is migrated in
 place: it becomes the first partition (`<table>_p0`), nothing is copied.
 
 Who may do what (`deploy/postgres/roles.sql`): the writer (ingest) owns these tables,
@@ -67,6 +68,11 @@ DDL_LOCK_TIMEOUT = "2s"
 LEDGER_PRUNE_CHUNK = 10_000  # ledger rows per DELETE
 LEDGER_PRUNE_CHUNKS = 10  # DELETEs per retention pass at most
 LEDGER_VACUUM_ROWS = 10_000  # without autovacuum: VACUUM the ledger after this many rows pruned
+CATALOG_VACUUM_PARTITIONS = 20  # without autovacuum: VACUUM the catalogs after this many partitions dropped
+# The system catalogs a partition's creation and drop leave dead rows in (about 10 kB a
+# partition): a database owner may vacuum them (not being shared catalogs).
+CHURNED_CATALOGS = ("pg_class", "pg_attribute", "pg_attrdef", "pg_depend", "pg_type", "pg_constraint",
+                    "pg_index", "pg_inherits", "pg_statistic")
 # The longest partition name `<table>_p<first id>` must fit PostgreSQL's 63-byte names.
 MAX_TABLE_NAME = 63 - len(f"_p{2**63}")
 _BOUND = re.compile(r"FROM \('?(MINVALUE|-?\d+)'?\) TO \('?(MAXVALUE|-?\d+)'?\)")
@@ -110,8 +116,9 @@ class PostgresReplay:
         self.retain = storage.retain_positions
         self.partition_size = storage.partition_positions
         self.ledger_horizon_s = storage.ledger_retention_hours * 3600
-        self.vacuum_ledger = False  # set if the server's autovacuum is off: retention vacuums the ledger
+        self.self_vacuum = False  # set if the server's autovacuum is off: retention vacuums what it churns
         self._pruned_unvacuumed = 0  # ledger rows deleted since its last VACUUM
+        self._dropped_unvacuumed = 0  # partitions dropped since the catalogs' last VACUUM
         self._covered_until = 0  # ids below this have a partition (as last seen)
         self._sealed_rows: dict[str, int] = {}  # rows of partitions the sequence has passed
         self.game = game
@@ -132,12 +139,19 @@ class PostgresReplay:
                             asyncpg.TooManyConnectionsError))
         if await may_create(self.pool):
             await self._migrate()
-            # The ledger is the one table retention DELETEs from; with autovacuum off its
-            # dead rows would never be reclaimed and it would grow without bound.
-            self.vacuum_ledger = await self.pool.fetchval("SHOW autovacuum") == "off"
-            if self.vacuum_ledger:
-                log.warning("PostgreSQL runs with autovacuum off: retention will VACUUM %s itself after "
-                            "every %d ledger rows it prunes", self.ledger, LEDGER_VACUUM_ROWS)
+            # The ledger is the one table retention DELETEs from, and every partition
+            # dropped leaves dead catalog rows: with autovacuum off neither would ever be
+            # reclaimed, and the database would grow without bound.
+            self.self_vacuum = await self.pool.fetchval("SHOW autovacuum") == "off"
+            if self.self_vacuum:
+                log.warning("PostgreSQL runs with autovacuum off: retention will VACUUM %s itself after every "
+                            "%d ledger rows it prunes, and the system catalogs after every %d partitions it drops",
+                            self.ledger, LEDGER_VACUUM_ROWS, CATALOG_VACUUM_PARTITIONS)
+                if not await self.pool.fetchval(
+                        "SELECT rolsuper OR pg_has_role(current_user, (SELECT datdba FROM pg_database"
+                        " WHERE datname = current_database()), 'MEMBER') FROM pg_roles WHERE rolname = current_user"):
+                    log.warning("this login neither owns the database nor is a superuser: the catalogs' VACUUM "
+                                "will be skipped and they will grow; turn autovacuum on")
         else:  # a reader's login (the trainer's): the schema is the writer's to create
             log.info("PostgreSQL login may not create tables: reading %s as ingest made it", self.name)
         self.link.ok()
@@ -317,6 +331,7 @@ class PostgresReplay:
                 try:
                     await self._drop_old_partitions(conn, dropped)
                     await self._prune_ledger(conn)
+                    await self._vacuum_catalogs(conn, len(dropped))
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
         return dropped
@@ -368,12 +383,20 @@ class PostgresReplay:
             self._pruned_unvacuumed += deleted
             if deleted < LEDGER_PRUNE_CHUNK:
                 break
-        if self.vacuum_ledger and self._pruned_unvacuumed >= LEDGER_VACUUM_ROWS:
+        if self.self_vacuum and self._pruned_unvacuumed >= LEDGER_VACUUM_ROWS:
             # Makes the dead rows' space reusable (the file does not shrink, and need not:
             # the ledger holds about the same number of rows from pass to pass).
             await conn.execute(f"VACUUM {self.ledger}")
             self._pruned_unvacuumed = 0
             log.debug("vacuumed %s", self.ledger)
+
+    async def _vacuum_catalogs(self, conn, dropped: int) -> None:
+        """Without autovacuum: make the catalog rows of dropped partitions reusable."""
+        self._dropped_unvacuumed += dropped
+        if self.self_vacuum and self._dropped_unvacuumed >= CATALOG_VACUUM_PARTITIONS:
+            await conn.execute(f"VACUUM {', '.join(f'pg_catalog.{c}' for c in CHURNED_CATALOGS)}")
+            self._dropped_unvacuumed = 0
+            log.debug("vacuumed the system catalogs")
 
     async def dropped(self) -> list[DroppedPart]:
         """Every partition retention dropped, oldest first, with its counts."""
