@@ -91,6 +91,7 @@ def test_an_evaluation_cache_changes_nothing_but_the_work():
     played = {}
     for cache in (0, 500):
         network = HashEvaluator(C4, seed=7)
+        network.version = 1  # a model (before the first one self-play has nothing to cache)
         sp = SelfPlay(C4, cfg, network, num_games=6, max_games=12, seed=1, cache_positions=cache)
         finished = []
         while sp.running:
@@ -102,6 +103,10 @@ def test_an_evaluation_cache_changes_nothing_but_the_work():
         assert_same_rows(dataclasses.replace(a.transitions, game_id=b.transitions.game_id), b.transitions)
     assert cached_rows < 0.9 * plain_rows  # while the network evaluated fewer positions
     assert stats.evaluated == cached_rows < stats.evaluations == plain_rows
+    uniform = SelfPlay(C4, cfg, UniformEvaluator(C4), num_games=2, max_games=2, seed=1, cache_positions=500)
+    while uniform.running:
+        uniform.step()
+    assert uniform.stats.evaluated == uniform.stats.evaluations  # nothing cached before a model
 
 
 def test_selfplay_runs_to_completion_with_sound_targets():

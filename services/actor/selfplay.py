@@ -56,7 +56,6 @@ class SelfPlay:
         self.game, self.config, self.evaluator = game, config, evaluator
         self.cache_positions = cache_positions
         self._cache: EvaluationCache | None = None
-        self._evaluated_before = 0  # by the caches of earlier models
         self.rng = np.random.default_rng(seed)
         self.search = BatchedMCTS(game, config, num_games, self.rng)
         self.max_games = max_games
@@ -113,23 +112,24 @@ class SelfPlay:
         """One simulation in every running game; then every game whose search is
         complete plays its move. Returns the games that ended."""
         evaluator = self.evaluator  # one model for the whole step, even if swapped meanwhile
-        ran = self.search.simulate(self._network(evaluator))
+        network = self._network(evaluator)
+        computed_before = network.evaluated if network is self._cache else None
+        ran = self.search.simulate(network)
         self.stats.simulations += ran
+        asked = self.search.evaluated - self.stats.evaluations
         self.stats.evaluations = self.search.evaluated
-        self.stats.evaluated = self.stats.evaluations if self._cache is None else (
-            self._evaluated_before + self._cache.evaluated)
+        self.stats.evaluated += asked if computed_before is None else network.evaluated - computed_before
         ready = np.flatnonzero(self.search.done())
         if not len(ready):
             return []
         return self._play(ready, evaluator.version)
 
     def _network(self, evaluator: Evaluator) -> Evaluator:
-        """`evaluator`, behind this model's evaluation cache if there is one."""
-        if not self.cache_positions:
+        """`evaluator`, behind this model's evaluation cache if there is one (none before
+        the first model: the uniform evaluator costs less than a lookup)."""
+        if not self.cache_positions or evaluator.version == 0:
             return evaluator
         if self._cache is None or self._cache.inner is not evaluator:
-            if self._cache is not None:
-                self._evaluated_before += self._cache.evaluated
             self._cache = EvaluationCache(evaluator, self.cache_positions, self.game.num_actions)
         return self._cache
 
