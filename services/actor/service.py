@@ -135,6 +135,7 @@ class ActorService:
         assert sp is not None and self.publisher is not None
         pending: list[Transitions] = []
         self._last_log, self._last_positions = time.monotonic(), 0
+        self._last_evaluations = (0, 0)  # (asked, computed) at the last progress line
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1, "selfplay", initializer=_lower_thread_priority) as selfplay_thread:
             while not stop.is_set() and sp.running:
@@ -164,11 +165,13 @@ class ActorService:
         s = self.status()
         rate = (s.positions - self._last_positions) / (now - self._last_log)
         stats = self.selfplay.stats
-        cached = f", {1 - stats.evaluated / stats.evaluations:.0%} of evaluations from the cache" if (
-            self.selfplay.cache_positions and stats.evaluations) else ""
+        asked, computed = stats.evaluations - self._last_evaluations[0], stats.evaluated - self._last_evaluations[1]
+        cached = f", {1 - computed / asked:.0%} of evaluations from the cache" if (
+            self.selfplay.cache_positions and asked) else ""  # since the last line
         log.info("actor %s: %d games, %.1f positions/s, model %d, %d unconfirmed%s",
                  self.actor_id, s.games, rate, s.model_version, s.unconfirmed, cached)
         self._last_log, self._last_positions = now, s.positions
+        self._last_evaluations = (stats.evaluations, stats.evaluated)
 
     async def _receive(self, events: AsyncIterator[bytes], updates: asyncio.Queue) -> None:
         async for body in events:
