@@ -188,6 +188,7 @@ async def test_without_autovacuum_retention_vacuums_the_catalogs_partitions_chur
             assert await write_and_drop(replay, 0) >= 2
             assert await last_vacuum() == before
             replay.self_vacuum = True  # as with autovacuum off
+            assert replay.may_vacuum_catalogs  # the test's login owns its database
             assert await write_and_drop(replay, 200) >= 2
             for _ in range(100):  # statistics reach other sessions within moments
                 if await last_vacuum() != before:

@@ -117,6 +117,7 @@ class PostgresReplay:
         self.partition_size = storage.partition_positions
         self.ledger_horizon_s = storage.ledger_retention_hours * 3600
         self.self_vacuum = False  # set if the server's autovacuum is off: retention vacuums what it churns
+        self.may_vacuum_catalogs = False  # this login owns the database (or is a superuser)
         self._pruned_unvacuumed = 0  # ledger rows deleted since its last VACUUM
         self._dropped_unvacuumed = 0  # partitions dropped since the catalogs' last VACUUM
         self._covered_until = 0  # ids below this have a partition (as last seen)
@@ -147,11 +148,12 @@ class PostgresReplay:
                 log.warning("PostgreSQL runs with autovacuum off: retention will VACUUM %s itself after every "
                             "%d ledger rows it prunes, and the system catalogs after every %d partitions it drops",
                             self.ledger, LEDGER_VACUUM_ROWS, CATALOG_VACUUM_PARTITIONS)
-                if not await self.pool.fetchval(
-                        "SELECT rolsuper OR pg_has_role(current_user, (SELECT datdba FROM pg_database"
-                        " WHERE datname = current_database()), 'MEMBER') FROM pg_roles WHERE rolname = current_user"):
+                self.may_vacuum_catalogs = await self.pool.fetchval(
+                    "SELECT rolsuper OR pg_has_role(current_user, (SELECT datdba FROM pg_database"
+                    " WHERE datname = current_database()), 'MEMBER') FROM pg_roles WHERE rolname = current_user")
+                if not self.may_vacuum_catalogs:
                     log.warning("this login neither owns the database nor is a superuser: the catalogs' VACUUM "
-                                "will be skipped and they will grow; turn autovacuum on")
+                                "is left out and they will grow; turn autovacuum on")
         else:  # a reader's login (the trainer's): the schema is the writer's to create
             log.info("PostgreSQL login may not create tables: reading %s as ingest made it", self.name)
         self.link.ok()
@@ -393,7 +395,7 @@ class PostgresReplay:
     async def _vacuum_catalogs(self, conn, dropped: int) -> None:
         """Without autovacuum: make the catalog rows of dropped partitions reusable."""
         self._dropped_unvacuumed += dropped
-        if self.self_vacuum and self._dropped_unvacuumed >= CATALOG_VACUUM_PARTITIONS:
+        if self.self_vacuum and self.may_vacuum_catalogs and self._dropped_unvacuumed >= CATALOG_VACUUM_PARTITIONS:
             await conn.execute(f"VACUUM {', '.join(f'pg_catalog.{c}' for c in CHURNED_CATALOGS)}")
             self._dropped_unvacuumed = 0
             log.debug("vacuumed the system catalogs")

@@ -11,7 +11,8 @@ from shared.transitions import Transitions
 
 # Columns added after the first release, with their SQL type (the same word in PostgreSQL
 # and SQLite): each back end's migration adds them to an older table, where the rows
-# stored before hold NULL and readers take what stood for them (`READ_AS`).
+# stored before hold NULL and readers take what stood for them (`READ_ADDED`; messages
+# from older actors get the same stand-ins: `shared.transitions.OPTIONAL_FIELDS`).
 ADDED_COLUMNS = {"search_value": "real", "policy_weight": "real"}
 # How readers select the columns after `value` (the rows' search value and policy weight).
 READ_ADDED = "coalesce(search_value, value), coalesce(policy_weight, 1)"
