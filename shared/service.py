@@ -62,7 +62,7 @@ def setup_logging(level: str) -> None:
     handler.addFilter(Demote(show=logging.getLevelName(level) <= logging.DEBUG))
     logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Library chatter at INFO (every reconnect attempt, every request) drowns the progress.
-    for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3", "onnxscript", "onnx_ir"):
+    for noisy in ("aio_pika", "aiormq", "botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

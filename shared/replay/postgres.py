@@ -144,13 +144,13 @@ class PostgresReplay:
             # dropped leaves dead catalog rows: with autovacuum off neither would ever be
             # reclaimed, and the database would grow without bound.
             self.self_vacuum = await self.pool.fetchval("SHOW autovacuum") == "off"
+            self.may_vacuum_catalogs = await self.pool.fetchval(
+                "SELECT rolsuper OR pg_has_role(current_user, (SELECT datdba FROM pg_database"
+                " WHERE datname = current_database()), 'MEMBER') FROM pg_roles WHERE rolname = current_user")
             if self.self_vacuum:
                 log.warning("PostgreSQL runs with autovacuum off: retention will VACUUM %s itself after every "
                             "%d ledger rows it prunes, and the system catalogs after every %d partitions it drops",
                             self.ledger, LEDGER_VACUUM_ROWS, CATALOG_VACUUM_PARTITIONS)
-                self.may_vacuum_catalogs = await self.pool.fetchval(
-                    "SELECT rolsuper OR pg_has_role(current_user, (SELECT datdba FROM pg_database"
-                    " WHERE datname = current_database()), 'MEMBER') FROM pg_roles WHERE rolname = current_user")
                 if not self.may_vacuum_catalogs:
                     log.warning("this login neither owns the database nor is a superuser: the catalogs' VACUUM "
                                 "is left out and they will grow; turn autovacuum on")
