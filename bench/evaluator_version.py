@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from services.evaluator.match import anchor_player, model_player, play_against  # noqa: E402
 from services.evaluator.measure import measure  # noqa: E402
-from services.evaluator.service import fit, play_ladder  # noqa: E402
+from services.evaluator.service import fit, play_ladder, records_of  # noqa: E402
 from services.trainer.export import export_onnx  # noqa: E402
 from services.trainer.network import build_network  # noqa: E402
 from shared.config import load_config, parse_overrides  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
                                       cfg.games // (2 * len(opponents)), opening_plies=cfg.opening_plies, seed=1)
     games = ladder + [RatingGame(version=1, player_a="v1", player_b=name, score_a=r.score_a, moves=r.moves,
                                  a_first=r.a_first) for name, records in zip(opponents, results) for r in records]
-    rating = fit(games, cfg.prior_draws)["v1"]
+    rating = fit(records_of(games), cfg.prior_draws)["v1"]
     out["rating"] = {"rating": round(rating.rating), "se": round(rating.stderr), "games": int(rating.games)}
     out["per_version_cpu_s"] = round(out["accuracy_cpu_s"] + out["games_cpu_s"], 2)
     print(f"rating games: {int(rating.games)} games, {out['games_cpu_s']} CPU-s, rating {rating.rating:.0f} "

@@ -45,7 +45,7 @@ from cartridge.arena import load_model  # noqa: E402
 from cartridge.ratings import format_table, rating_rows  # noqa: E402
 from cartridge.up import EMBEDDED  # noqa: E402
 from services.evaluator.measure import measure  # noqa: E402
-from services.evaluator.service import EvaluatorService, fit, version_name  # noqa: E402
+from services.evaluator.service import EvaluatorService, fit, stored_records, version_name  # noqa: E402
 from shared.bus import MemoryBus  # noqa: E402
 from shared.evaluations import open_evaluations  # noqa: E402
 from shared.config import Config, load_config, parse_overrides  # noqa: E402
@@ -85,7 +85,7 @@ async def gain_over_run(config: Config) -> dict | None:
     env = config.common.env_id
     async with open_evaluations(config.storage) as results:
         rated = [e.version for e in await results.evaluations(env) if e.status == "ok"]
-        ratings = fit(await results.games(env), config.eval.prior_draws)
+        ratings = fit(await stored_records(results, env, 1), config.eval.prior_draws)  # every version
     if len(rated) < 2:
         return None
     gap = ratings.gap(version_name(max(rated)), version_name(min(rated)))

@@ -17,7 +17,7 @@ import sys
 from cartridge.arena import load_model
 from services.evaluator.match import anchor_player, model_player, play_against
 from services.evaluator.measure import measure
-from services.evaluator.service import fit, play_ladder
+from services.evaluator.service import fit, play_ladder, records_of
 from shared.evaluations import RatingGame
 from shared.games import get_game
 from shared.inference import ModelError
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     games = play_ladder(game, cfg) + [
         RatingGame(version=1, player_a="model", player_b=name, score_a=r.score_a, moves=r.moves, a_first=r.a_first)
         for name, records in zip(cfg.anchors, results) for r in records]
-    rating = fit(games, cfg.prior_draws)["model"]
+    rating = fit(records_of(games), cfg.prior_draws)["model"]
     scores = {name: sum(r.score_a for r in records) for name, records in zip(cfg.anchors, results)}
     print(f"rating {rating.rating:.0f} ± {rating.stderr:.0f} over {int(rating.games)} games; score per anchor "
           + ", ".join(f"{n} {s:g}/{2 * openings}" for n, s in scores.items()))

@@ -4,8 +4,9 @@ evaluator stored them.
     version    step  published            rating       vs previous  games  search % e/m/l  policy % e/m/l
           3    3000  2026-11-27 01:02:03  1245 ± 61    +48 ± 25        40  77/80/88        45/65/66  <- served
 
-Ratings are Elo points above random play, fitted over every stored game (so they sharpen
-as later versions play the earlier ones), ± one standard error; `vs previous` is the
+Ratings are Elo points above random play, fitted over the stored games of the anchors and
+the newest `eval.rating_window` versions (so they sharpen as later versions play the earlier
+ones; older versions show none), ± one standard error; `vs previous` is the
 change from the version rated before, ± the error of that difference (smaller than
 either rating's: both share the uncertainty of the anchors' ladder below them); accuracy is the share of
 solver-labelled positions (early / mid / late game) where the move chosen is optimal,
@@ -21,7 +22,7 @@ import json
 import sys
 import time
 
-from services.evaluator.service import fit, version_name
+from services.evaluator.service import fit, stored_records, version_name, window_start
 from shared.config import Config
 from shared.evaluations import Evaluations, open_evaluations
 from shared.replay import ReplayUnavailable
@@ -41,9 +42,10 @@ async def rows_of(results: Evaluations, config: Config) -> list[dict]:
     """`rating_rows` from a results store already open (the web page keeps one)."""
     env = config.common.env_id
     evaluations = await results.evaluations(env)
-    games = await results.games(env)
+    since = window_start(max((e.version for e in evaluations), default=1), config.eval.rating_window)
+    records = await stored_records(results, env, since)
     servings = await results.servings(env)
-    ratings = await asyncio.to_thread(fit, games, config.eval.prior_draws)  # CPU work: off the event loop
+    ratings = await asyncio.to_thread(fit, records, config.eval.prior_draws, since)  # CPU work: off the event loop
     held = servings[-1].version if servings and servings[-1].hold else None
     newest_ok = max((e.version for e in evaluations if e.status == "ok"), default=None)
     served = held if held is not None else newest_ok

@@ -330,6 +330,11 @@ class EvalConfig(_Section):
     rating anchor at 0 and must be one of them."""
     prior_draws: PositiveFloat = 1.0
     """Virtual draws per pair of players that met: keep ratings finite after perfect scores."""
+    rating_window: PositiveInt = 200
+    """Ratings are fitted over the anchors and the newest this many versions (the games
+    among them), by the evaluator, the web page and `cartridge ratings` alike: a fit over
+    every version of a run of weeks would grow with the cube of their number. Older
+    versions show no rating; opponents are chosen within the window."""
     rollback: bool = True
     """Serve the best rated version again when a newer one rates clearly worse."""
     rollback_min_games: PositiveInt = 20

@@ -32,3 +32,20 @@ async def test_rows_round_trip_and_a_version_is_stored_once(storage):
         (serving,) = await store.servings("tictactoe")
         assert (serving.version, serving.hold, serving.reason) == (1, True, "why")
         assert await store.evaluations("connect4") == []
+
+
+async def test_tallies_count_each_pair_over_the_ladder_and_the_versions_since(storage):
+    def game(version, a, b, score):
+        return RatingGame(version=version, player_a=a, player_b=b, score_a=score, moves="", a_first=True)
+    async with open_evaluations(storage) as store:
+        await store.record("tictactoe", None, [game(0, "one-ply", "random", 1.0), game(0, "one-ply", "random", 0.5)])
+        await store.record("tictactoe", None, [game(1, "v1", "random", 1.0), game(1, "v1", "one-ply", 0.0)])
+        await store.record("tictactoe", None, [game(2, "v2", "v1", 0.5), game(2, "v2", "v1", 1.0),
+                                               game(2, "v2", "v1", 0.0), game(2, "random", "v2", 0.0)])
+        await store.record("connect4", None, [game(2, "v2", "v1", 1.0)])
+        everything = await store.tallies("tictactoe")
+        assert [tuple(r) for r in everything] == [
+            ("one-ply", "random", 1, 1, 0), ("random", "v2", 0, 0, 1), ("v1", "one-ply", 0, 0, 1),
+            ("v1", "random", 1, 0, 0), ("v2", "v1", 1, 1, 1)]
+        assert [tuple(r) for r in await store.tallies("tictactoe", 2)] == [
+            ("one-ply", "random", 1, 1, 0), ("random", "v2", 0, 0, 1), ("v2", "v1", 1, 1, 1)]

@@ -145,22 +145,58 @@ LADDER = (_games("one-ply", "random", 20, 20) + _games("alphabeta-2", "one-ply",
 def test_a_version_that_swept_the_weak_anchors_next_meets_strong_ones():
     """A first version's opening round is a guess; once it has beaten random and one-ply
     every time, the next round's opponents are the alpha-beta players (close games)."""
-    from services.evaluator.service import choose_opponents, fit
+    from services.evaluator.service import choose_opponents, fit, records_of
     swept = LADDER + _games("v1", "random", 10, 10) + _games("v1", "one-ply", 10, 10)
-    assert set(choose_opponents(fit(swept, 1.0), 1)[:2]) <= {"alphabeta-2", "alphabeta-4", "alphabeta-6"}
+    assert set(choose_opponents(fit(records_of(swept), 1.0), 1)[:2]) <= {"alphabeta-2", "alphabeta-4", "alphabeta-6"}
     # A version is compared with earlier versions only, never with later ones.
     later = swept + _games("v2", "v1", 10, 5)
-    assert "v2" not in choose_opponents(fit(later, 1.0), 1) and "v1" in choose_opponents(fit(later, 1.0), 2)
+    assert "v2" not in choose_opponents(fit(records_of(later), 1.0), 1)
+    assert "v1" in choose_opponents(fit(records_of(later), 1.0), 2)
 
 
 def test_a_gap_between_two_players_is_known_better_than_either_rating():
     """Two strong players share the uncertain ladder below them: the error of their
     difference comes from their own games only."""
-    from services.evaluator.service import fit
+    from services.evaluator.service import fit, records_of
     games = LADDER + _games("v1", "alphabeta-2", 20, 10) + _games("v2", "v1", 40, 26)
-    ratings = fit(games, 1.0)
+    ratings = fit(records_of(games), 1.0)
     gain = ratings.gap("v2", "v1")
     assert gain.rating == pytest.approx(ratings["v2"].rating - ratings["v1"].rating)
     assert gain.stderr < 0.5 * min(ratings["v1"].stderr, ratings["v2"].stderr)
     assert 50 < gain.rating < 200 and gain.stderr > 0  # 26/40 is about +108 Elo
     assert ratings.gap("v1", "v1").stderr == 0
+
+
+def test_the_fit_covers_the_window_and_what_games_connect_to_random():
+    """Versions older than the window are left out with their games; a version in it whose
+    only games were against them has no rating (nothing ties it to `random`), instead of
+    failing the fit."""
+    from services.evaluator.service import fit, records_of
+    games = (LADDER + _games("v1", "alphabeta-2", 20, 10) + _games("v2", "v1", 20, 12)
+             + _games("v3", "alphabeta-4", 20, 9) + _games("v4", "v3", 20, 11))
+    everything = fit(records_of(games), 1.0)
+    assert {"v1", "v2", "v3", "v4"} <= set(everything)
+    window = fit(records_of(games), 1.0, since=2)
+    assert "v1" not in window and "v2" not in window  # v2 met only v1
+    assert {"v3", "v4", "random", "alphabeta-6"} <= set(window)
+    assert window["v3"].games == 40 and window.gap("v4", "v3").stderr > 0
+    assert fit(records_of(_games("v1", "v2", 4, 2)), 1.0) == {}  # nobody meets random
+
+
+def test_many_versions_fit_in_memory_that_grows_with_the_players_not_their_pairs():
+    """Three hundred versions: the covariance is one array (the dict of pairs it replaced
+    held ~90,000 entries here), and gaps read from it."""
+    import tracemalloc
+
+    from services.evaluator.service import fit, records_of
+    games = list(LADDER)
+    for v in range(1, 301):
+        games += _games(f"v{v}", "alphabeta-2" if v % 3 == 0 else f"v{max(1, v - 1)}" if v > 1 else "random", 4, 2)
+    records = records_of(games)
+    tracemalloc.start()
+    ratings = fit(records, 1.0)
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(ratings) == 305
+    assert kept < 3e6  # 300 x 300 doubles are 0.7 MB; the dict of pairs was ~18 MB
+    assert ratings.gap("v300", "v299").stderr > 0

@@ -115,3 +115,24 @@ async def test_a_version_still_being_uploaded_is_not_waiting_for_evaluation(make
             assert await service.waiting() == [1]
             await store.put_model("tictactoe", 2, second, step=20)  # the upload completes
             assert await service.waiting() == [2, 1]
+
+
+async def test_ratings_and_opponents_stay_within_the_rating_window(make_config):
+    """With `rating_window` 2, model 4 meets only anchors and model 3, and the ratings the
+    page and `cartridge ratings` show cover models 3 and 4 (older ones show none)."""
+    from cartridge.ratings import rating_rows
+
+    config = make_config(eval={**SMALL, "rating_window": 2, "rollback": False})
+    async with open_model_store(config.storage) as store, open_bus(config.broker, name="test") as bus:
+        service = EvaluatorService(config)
+        async with running(service) as tasks:
+            await wait_until(lambda: service.status().state == "running", "start", tasks=tasks)
+            for version in range(1, 5):
+                await publish(config, store, bus, version, onnx_model(version))
+                await wait_until(lambda: service.status().evaluated == version, f"model {version}", tasks=tasks)
+            assert service.last.version == 4 and service.last.rating is not None
+    async with open_evaluations(config.storage) as results:
+        games = await results.games("tictactoe")
+    assert {g.player_b for g in games if g.version == 4} <= {"random", "one-ply", "alphabeta-2", "v3"}
+    rated = {r["version"]: r["rating"] for r in await rating_rows(config)}
+    assert rated[1] is None and rated[2] is None and rated[4] is not None

@@ -70,6 +70,23 @@ def tally(games: Iterable[tuple[str, str, float]]) -> list[PairRecord]:
     return [PairRecord(a, b, *c) for (a, b), c in counts.items()]
 
 
+def connected(records: Iterable[PairRecord], anchor: str) -> list[PairRecord]:
+    """The records among the players that games connect to `anchor`: the others have no
+    rating relative to it (`fit_ratings` refuses them)."""
+    records = list(records)
+    neighbours: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        neighbours[r.a].add(r.b)
+        neighbours[r.b].add(r.a)
+    reached, frontier = {anchor}, [anchor]
+    while frontier:
+        for other in neighbours.pop(frontier.pop(), ()):
+            if other not in reached:
+                reached.add(other)
+                frontier.append(other)
+    return [r for r in records if r.a in reached]  # b met a: reached as well
+
+
 def _check_pair(a, b, where: str) -> None:
     for name in (a, b):
         if not isinstance(name, str) or not name:
@@ -83,14 +100,21 @@ class Ratings(dict[str, Rating]):
     relative to the anchor share the anchor chain's uncertainty, so the error of their
     *difference* can be far smaller than either (`gap`)."""
 
-    def __init__(self, ratings: dict[str, Rating], covariance: dict[tuple[str, str], float]):
+    def __init__(self, ratings: dict[str, Rating], covariance: np.ndarray | None = None,
+                 names: list[str] = ()):
         super().__init__(ratings)
-        self._covariance = covariance  # Elo^2, between non-anchor players
+        # Elo^2, between the non-anchor players `names`: one array, not a dict of pairs
+        # (with a few hundred versions that dict alone held tens of MB).
+        self._covariance = covariance if covariance is not None else np.zeros((0, 0))
+        self._index = {name: i for i, name in enumerate(names)}
+
+    def _cov(self, a: str, b: str) -> float:
+        i, j = self._index.get(a), self._index.get(b)
+        return 0.0 if i is None or j is None else float(self._covariance[i, j])
 
     def gap(self, a: str, b: str) -> Rating:
         """`a`'s rating minus `b`'s, with the standard error of that difference."""
-        var = (self._covariance.get((a, a), 0.0) + self._covariance.get((b, b), 0.0)
-               - 2 * self._covariance.get((a, b), 0.0))
+        var = self._cov(a, a) + self._cov(b, b) - 2 * self._cov(a, b)
         return Rating(rating=self[a].rating - self[b].rating, stderr=math.sqrt(max(var, 0.0)),
                       games=min(self[a].games, self[b].games))
 
@@ -153,8 +177,7 @@ def fit_ratings(records: Iterable[PairRecord], anchor: str, prior_draws: float =
         name: Rating(rating=float(theta[i] * ELO_PER_NAT) + 0.0,  # + 0.0: no -0.0
                      stderr=float(stderr[i] * ELO_PER_NAT), games=float(played[i]))
         for name, i in index.items()
-    }, {(a, b): float(covariance[x, y]) * ELO_PER_NAT ** 2
-        for x, a in enumerate(names) for y, b in enumerate(names)})
+    }, covariance * ELO_PER_NAT ** 2, names)
 
 
 def _matrices(records: Iterable[PairRecord]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from services.evaluator.match import anchor_player, model_player, play_against
 from services.evaluator.measure import measure
-from services.evaluator.ratings import Rating, Ratings, fit_ratings, rank_opponents, tally
+from services.evaluator.ratings import (
+    PairRecord, Rating, Ratings, connected, fit_ratings, rank_opponents, tally,
+)
 from services.evaluator.rollback import decide
 from shared.bus import BusUnavailable, EventPublisher, EventSubscriber, open_bus
 from shared.config import Config, EvalConfig
@@ -66,11 +69,33 @@ def version_of_name(name: str) -> int | None:
     return int(name[1:]) if name.startswith("v") and name[1:].isdecimal() else None
 
 
-def fit(games: list[RatingGame], prior_draws: float) -> Ratings:
-    """Ratings of every player from every stored game; `random` at 0."""
-    if not games:
-        return Ratings({}, {})
-    return fit_ratings(tally((g.player_a, g.player_b, g.score_a) for g in games), ANCHOR, prior_draws)
+def records_of(games: Iterable[RatingGame]) -> list[PairRecord]:
+    """Games counted per pair of players."""
+    return tally((g.player_a, g.player_b, g.score_a) for g in games)
+
+
+def in_window(name: str, since: int) -> bool:
+    """An anchor, or a version `since` or newer."""
+    version = version_of_name(name)
+    return version is None or version >= since
+
+
+def fit(records: Iterable[PairRecord], prior_draws: float, since: int = 1) -> Ratings:
+    """Ratings of the anchors and the versions `since` and newer, from their games among
+    each other (those games connect to `random`, which is at 0)."""
+    records = connected([r for r in records if in_window(r.a, since) and in_window(r.b, since)], ANCHOR)
+    return fit_ratings(records, ANCHOR, prior_draws) if records else Ratings({})
+
+
+def window_start(newest: int, window: int) -> int:
+    """The oldest version of the rating window ending at `newest`."""
+    return max(1, newest - window + 1)
+
+
+async def stored_records(results: Evaluations, env_id: str, since: int) -> list[PairRecord]:
+    """The stored games' counts per pair: the anchors' ladder and the versions `since` and
+    newer (tallied by the database)."""
+    return [PairRecord(*row) for row in await results.tallies(env_id, since)]
 
 
 def choose_opponents(ratings: dict[str, Rating], version: int) -> list[str]:
@@ -224,7 +249,8 @@ class EvaluatorService:
             sims=cfg.eval.simulations, positions=cfg.eval.positions, cost_cpu_s=round(cost, 2),
             published_at=info.created_at), games)
         self.evaluated += 1
-        ratings = fit(await self.results.games(env), cfg.eval.prior_draws)
+        since = window_start(version, cfg.eval.rating_window)
+        ratings = fit(await stored_records(self.results, env, since), cfg.eval.prior_draws, since)
         mine = ratings[version_name(version)]
         self.last = event = ModelEvaluated(
             env_id=env, version=version, step=info.step, rating=round(mine.rating, 1),
@@ -250,19 +276,20 @@ class EvaluatorService:
         spends the second half of its games where the first half placed it (the anchors'
         ladder first if it was never played)."""
         env, cfg = self.game.env_id, self.config.eval
-        stored = await self.results.games(env)
-        if not any(g.version == 0 for g in stored):
+        since = window_start(version, cfg.rating_window)
+        stored = await stored_records(self.results, env, since)
+        if not any(version_of_name(r.a) is None and version_of_name(r.b) is None for r in stored):
             ladder = await asyncio.to_thread(play_ladder, self.game, cfg)
             await self.results.record(env, None, ladder)
             self.games += len(ladder)
-            stored += ladder
+            stored += records_of(ladder)
         me = model_player(self.game, evaluator, cfg.game_simulations, self.config.mcts)
         rounds = ROUNDS if cfg.games >= ROUNDS * 2 * OPPONENTS else 1
         players: dict[str, object] = {}
         played: list[RatingGame] = []
         for round_ in range(rounds):
             opponents: list[tuple[str, object]] = []
-            for name in choose_opponents(fit(stored + played, cfg.prior_draws), version):
+            for name in choose_opponents(fit(stored + records_of(played), cfg.prior_draws, since), version):
                 if name not in players:
                     players[name] = await self._opponent(name, version)
                 if players[name] is not None:

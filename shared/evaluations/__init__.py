@@ -9,7 +9,7 @@ Three tables, created idempotently on open:
 - `rating_games`: one row per rating game (players, A's score, the moves, who began, the
   version being rated; 0 for the anchors' own ladder);
 - `serving`: one row per decision about which version actors serve (rollbacks, take-overs).
-Ratings are not stored: they are a fit over all games, redone when asked
+Ratings are not stored: they are a fit over the games (counted per pair: `tallies`), redone when asked
 (`services.evaluator.ratings`), so they sharpen as games accumulate.
 Back-end errors reach callers as `ReplayUnavailable`, as the replay's do.
 """
@@ -73,6 +73,12 @@ class Evaluations(Protocol):
     async def games(self, env_id: str) -> list[RatingGame]:
         """Every rating game, in the order played."""
 
+    async def tallies(self, env_id: str, since: int = 0) -> list[tuple[str, str, int, int, int]]:
+        """`(player_a, player_b, wins, draws, losses)` of A, one row per ordered pair, over
+        the anchors' ladder and the games played to rate versions `since` and newer:
+        what a rating fit needs, counted by the database (the games themselves, moves and
+        all, grow with every version)."""
+
     async def record_serving(self, env_id: str, pointer: ServingPointer) -> None: ...
 
     async def servings(self, env_id: str) -> list[ServingPointer]:
@@ -133,6 +139,7 @@ def table_sql(real: str, serial: str) -> str:
             id {serial}, env_id text NOT NULL, version integer NOT NULL,
             player_a text NOT NULL, player_b text NOT NULL, score_a {real} NOT NULL,
             moves text NOT NULL, a_first boolean NOT NULL, played_at {real} NOT NULL);
+        CREATE INDEX IF NOT EXISTS rating_games_version ON rating_games (env_id, version);
         CREATE TABLE IF NOT EXISTS serving (
             id {serial}, env_id text NOT NULL, version integer NOT NULL, hold boolean NOT NULL,
             reason text NOT NULL, decided_at {real} NOT NULL);
@@ -148,6 +155,13 @@ def insert_sql(table: str, columns: tuple[str, ...], placeholder, upsert: str = 
         sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         sql += f" ON CONFLICT ({upsert}) DO UPDATE SET {sets}"
     return sql
+
+
+def tallies_sql(placeholder) -> str:
+    counts = ", ".join(f"sum(CASE WHEN score_a = {score} THEN 1 ELSE 0 END)" for score in ("1", "0.5", "0"))
+    return (f"SELECT player_a, player_b, {counts} FROM rating_games"
+            f" WHERE env_id = {placeholder(1)} AND (version = 0 OR version >= {placeholder(2)})"
+            f" GROUP BY player_a, player_b ORDER BY player_a, player_b")
 
 
 def select_sql(table: str, columns: tuple[str, ...], placeholder, order: str) -> str:

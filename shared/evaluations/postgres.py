@@ -9,7 +9,7 @@ import asyncpg
 from shared.config import StorageConfig, mask_url
 from shared.evaluations import (
     EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
-    game_of, game_row, insert_sql, select_sql, serving_of, table_sql,
+    game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.games import get_game
 from shared.model_store import ServingPointer
@@ -78,6 +78,10 @@ class PostgresEvaluations:
 
     async def games(self, env_id: str) -> list[RatingGame]:
         return [game_of(r) for r in await self._select("rating_games", GAME_COLUMNS, env_id, "id")]
+
+    async def tallies(self, env_id: str, since: int = 0) -> list[tuple[str, str, int, int, int]]:
+        with self._translated():
+            return [tuple(r) for r in await self.pool.fetch(tallies_sql(dollar), env_id, since)]
 
     async def record_serving(self, env_id: str, pointer: ServingPointer) -> None:
         with self._translated():

@@ -10,7 +10,7 @@ from pathlib import Path
 from shared.config import StorageConfig
 from shared.evaluations import (
     EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
-    game_of, game_row, insert_sql, select_sql, serving_of, table_sql,
+    game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
@@ -75,6 +75,9 @@ class SqliteEvaluations:
 
     async def games(self, env_id: str) -> list[RatingGame]:
         return [game_of(r) for r in await self._select("rating_games", GAME_COLUMNS, env_id, "id")]
+
+    async def tallies(self, env_id: str, since: int = 0) -> list[tuple[str, str, int, int, int]]:
+        return await self._run(lambda: self._db.execute(tallies_sql(question), (env_id, since)).fetchall())
 
     async def record_serving(self, env_id: str, pointer: ServingPointer) -> None:
         await self._run(self._db.execute, insert_sql("serving", SERVING_COLUMNS, question),
