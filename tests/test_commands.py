@@ -122,3 +122,17 @@ def test_analyze_with_a_search(tmp_path, capsys, model_file, monkeypatch):
     # A search is deterministic: the same command prints the same lines.
     monkeypatch.setattr(sys, "stdin", io.StringIO(POSITIONS))
     assert run_analyze(capsys, "-", "--model", str(model_file), "--sims", "8") == lines
+
+
+@pytest.mark.parametrize("entry", ["cartridge.cli", "services.evaluator.__main__"])
+def test_numpy_runs_one_blas_thread_unless_told_otherwise(entry):
+    """Busy-waiting OpenBLAS threads made the rating fit 10x slower on a loaded machine."""
+    import os
+
+    code = f"import {entry}, numpy, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"OPENBLAS_NUM_THREADS": "2"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
