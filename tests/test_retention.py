@@ -199,6 +199,43 @@ async def test_without_autovacuum_retention_vacuums_the_catalogs_partitions_chur
         await conn.close()
 
 
+async def test_retention_drops_nothing_while_a_writer_lists_and_creates_partitions(make_config, monkeypatch):
+    """A drop waits for the partition lock a writer holds while it lists and creates
+    partitions: listing beside a drop once read a NULL bound (pg_get_expr of a relation
+    dropped in between) and stopped ingest, 40 minutes into a soak."""
+    monkeypatch.setattr(postgres_module, "DDL_LOCK_TIMEOUT", "100ms")
+    config = make_config(storage={"retain_positions": RETAIN, "partition_positions": PART},
+                         training={"window_size": WINDOW})
+    conn = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        async with open_replay(config.storage, GAME) as replay:
+            for i in range(0, 120, 10):
+                await replay.write(batches(i, 10, seed=i))
+            async with conn.transaction():  # as `_make_room` holds it
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", postgres_module.PARTITION_LOCK)
+                assert await replay.enforce_retention() == []
+            assert len(await replay.enforce_retention()) >= 2
+    finally:
+        await conn.close()
+
+
+def test_a_partition_dropped_while_the_catalog_is_read_is_left_out():
+    """The NULL bound of a just-dropped partition (another service's retention) is not
+    an error: that partition is gone."""
+    from shared.config import StorageConfig
+    from shared.replay.postgres import PostgresReplay
+
+    class Catalog:  # what the catalog query returns mid-drop
+        async def fetch(self, *_):
+            return [{"relname": "transitions_p200", "bound": "FOR VALUES FROM ('200') TO ('300')"},
+                    {"relname": "transitions_p100", "bound": None},
+                    {"relname": "transitions_p0", "bound": "FOR VALUES FROM (MINVALUE) TO ('100')"}]
+
+    replay = PostgresReplay(StorageConfig(), GAME)
+    parts = asyncio.run(replay._partitions(Catalog()))
+    assert parts == [("transitions_p0", 0, 100), ("transitions_p200", 200, 300)]
+
+
 async def test_the_trainer_window_keeps_sampling_while_partitions_drop(config):
     """A writer that enforces retention after every flush and a trainer window that
     refreshes and samples, at the same time on the same database."""

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["env_id", "game_id", "ply", "actor_id", "model_version", "observation", "legal_mask", "policy", "value",
            "search_value", "policy_weight"]
 MIGRATION_LOCK = 0x6361727472696467  # pg_advisory_xact_lock key: "cartridg"
-PARTITION_LOCK = MIGRATION_LOCK + 1  # creating partitions: one writer at a time
+PARTITION_LOCK = MIGRATION_LOCK + 1  # creating or dropping partitions: one at a time
 RETENTION_LOCK = MIGRATION_LOCK + 2  # dropping partitions, pruning the ledger: one service at a time
 # DDL on the partitioned table waits at most this for its lock, so that it never sits in
 # the lock queue in front of ingest's writes and the trainer's reads for long; it is
@@ -289,6 +289,10 @@ class PostgresReplay:
             " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass", self.table)
         parts = []
         for r in rows:
+            if r["bound"] is None:
+                # pg_get_expr gives NULL for a relation dropped after the scan saw it: a
+                # partition that retention (here or in another service) just dropped.
+                continue
             lo, hi = _BOUND.search(r["bound"]).groups()
             parts.append((r["relname"], 0 if lo == "MINVALUE" else int(lo), 2**63 - 1 if hi == "MAXVALUE" else int(hi)))
         return sorted(parts, key=lambda p: p[1])
@@ -356,6 +360,9 @@ class PostgresReplay:
                         f'SELECT count(*) AS rows, count(DISTINCT (game_id, ply)) AS positions,'
                         f' count(DISTINCT game_id) AS games FROM "{name}"')
                     await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+                    # Not while a writer lists and creates partitions (`_make_room`, which
+                    # takes this lock, then the parent's: the same order, no deadlock).
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
                     # The parent first, as every reader and writer locks it: no deadlock.
                     await conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
                     await conn.execute(
