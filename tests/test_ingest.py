@@ -19,6 +19,7 @@ import pytest
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from services.ingest.checks import check_many
+import services.ingest.service as ingest_module
 from services.ingest.service import IngestService
 from shared.bus.rabbitmq import (
     CONTENT_TYPE_JSON,
@@ -362,6 +363,37 @@ async def test_a_flush_is_retried_until_the_database_returns(make_config):
             await asyncio.wait_for(running, TIMEOUT_S)
     assert_same_rows(await stored(config), Transitions.concat(games))
     assert await queue_depth(config) == 0 and ingest.stats.duplicates == 0
+
+
+async def test_a_commit_stuck_for_good_ends_ingest_and_says_where_it_waits(make_config, monkeypatch, caplog):
+    """A commit that neither finishes nor fails (here the batch ledger is locked by
+    another session) ends the service with `IngestStalled` and every task's stack in the
+    log, instead of stalling every actor behind the queue; its messages go back to the
+    queue and the next ingest stores them once."""
+    monkeypatch.setattr(ingest_module, "COMMIT_STALL_S", 1.0)
+    monkeypatch.setattr(ingest_module, "STALL_CHECK_S", 0.1)
+    config = make_config()
+    games = random_games("tictactoe", games=3, seed=9)
+    ingest = IngestService(config)
+    running = asyncio.create_task(ingest.run(asyncio.Event()))
+    await asyncio.wait_for(ingest.consuming.wait(), TIMEOUT_S)  # its store is open
+    locker = await asyncpg.connect(config.storage.postgres_url)
+    try:
+        async with locker.transaction():
+            await locker.execute(f'LOCK TABLE "{config.storage.replay_table}_batches" IN ACCESS EXCLUSIVE MODE')
+            await publish(config, [message(g) for g in games])
+            with pytest.raises(ExceptionGroup) as raised:
+                await asyncio.wait_for(running, TIMEOUT_S)
+    finally:
+        running.cancel()
+        await locker.close()
+    assert raised.group_contains(ingest_module.IngestStalled)
+    assert "neither finished nor failed" in caplog.text
+    assert "in _store_and_ack" in caplog.text and "replay/postgres.py" in caplog.text  # the await chain, deep
+    assert await queue_depth(config) == 3  # unacked: back in the queue
+    again = await ingest_burst(config)
+    assert again.stats.rows == sum(len(g) for g in games)
+    assert_same_rows(await stored(config), Transitions.concat(games))
 
 
 # -- (e) topology ----------------------------------------------------------------------

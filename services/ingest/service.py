@@ -17,7 +17,10 @@ Lifecycle:
    stored (tests, benchmarks and draining a backlog need no sleeps).
 Meanwhile, every RETENTION_EVERY_S, `_keep_bounded` has the replay store drop what lies
 beyond `storage.retain_positions` (whole partitions) and looks at how many messages wait
-in the dead-letter queue (both in `status()`).
+in the dead-letter queue (both in `status()`); `_watch_commits` ends the service with
+`IngestStalled` (and every task's stack in the log) if a commit neither finishes nor fails
+for COMMIT_STALL_S: a stuck ingest would otherwise stall every actor behind the bounded
+queue, silently.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ PROGRESS_EVERY_S = 10.0
 BACKLOG_EVERY_S = 5.0  # how often to ask the bus how many messages wait (a metric)
 RETENTION_EVERY_S = 5.0  # how often retention runs (each pass is cheap when nothing is due)
 IDLE_WAIT_S = 0.2  # with nothing to do, how often burst mode asks whether the queue is empty
+# A flush commits in well under a second, and a failed attempt (the database away) restarts
+# the clock: a commit this long without either is stuck, and ingest exits to be restarted
+# (its messages are unacked: the broker hands them to the next ingest).
+COMMIT_STALL_S = 300.0
+STALL_CHECK_S = 5.0
 END = object()  # in the inbox: stop here (stop was asked for, or the consumer ended)
 
 
@@ -75,6 +83,27 @@ class IngestStats:
     backlog: int | None = None  # messages waiting in the queue, as last asked
 
 
+class IngestStalled(RuntimeError):
+    """A commit neither finished nor failed for COMMIT_STALL_S."""
+
+
+def task_stacks() -> str:
+    """Every asyncio task of this loop and the chain of awaits it is suspended in, outermost
+    first (`Task.print_stack` shows only the outermost coroutine's frame)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}:")
+        awaited = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                lines.append(f"  awaiting {awaited!r}"[:300])
+                break
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return "\n".join(lines)
+
+
 class IngestService:
     def __init__(self, config: Config, *, bus: TransitionConsumer | None = None, replay: Replay | None = None):
         """`bus` and `replay` default to what `config` names (RabbitMQ, `storage`)."""
@@ -87,6 +116,7 @@ class IngestService:
         self.consuming = asyncio.Event()  # set once the store is open and consuming starts
         self._lifecycle = Lifecycle()
         self._inbox: asyncio.Queue = asyncio.Queue()  # deliveries, then END
+        self._committing_since: float | None = None  # a commit's start or its last failed attempt
 
     def status(self) -> IngestStatus:
         s = self.stats
@@ -106,7 +136,8 @@ class IngestService:
             async with asyncio.TaskGroup() as tasks:
                 receiver = tasks.create_task(self._receive(deliveries))
                 helpers = [receiver, tasks.create_task(self._end_on(stop)), tasks.create_task(self._log_progress()),
-                           tasks.create_task(self._watch_backlog()), tasks.create_task(self._keep_bounded())]
+                           tasks.create_task(self._watch_backlog()), tasks.create_task(self._keep_bounded()),
+                           tasks.create_task(self._watch_commits())]
                 self.consuming.set()
                 self._lifecycle.started(stop)
                 try:
@@ -169,6 +200,17 @@ class IngestService:
             except BusUnavailable:
                 pass
             await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def _watch_commits(self) -> None:
+        """Raise `IngestStalled` once a commit has neither finished nor failed for
+        COMMIT_STALL_S, after logging where every task waits."""
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            since = self._committing_since
+            if since is not None and (stuck := time.monotonic() - since) > COMMIT_STALL_S:
+                log.error("a commit has neither finished nor failed for %.0f s: exiting to be restarted (its "
+                          "messages go back to the queue). Where each task waits:\n%s", stuck, task_stacks())
+                raise IngestStalled(f"a commit neither finished nor failed for {stuck:.0f} s")
 
     async def _end_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -270,12 +312,20 @@ class IngestService:
     async def _commit(self, good: list[Pending], stop: asyncio.Event) -> list[Delivery]:
         """Store checked messages in one transaction, then ack them; retried while the
         database is away. Returns their deliveries if stopped before they could be
-        stored, else nothing."""
+        stored, else nothing. `_watch_commits` watches it."""
+        self._committing_since = time.monotonic()
+        try:
+            return await self._store_and_ack(good, stop)
+        finally:
+            self._committing_since = None
+
+    async def _store_and_ack(self, good: list[Pending], stop: asyncio.Event) -> list[Delivery]:
         batches = [(p.batch.batch_id, self.game.env_id, p.batch.actor_id, p.rows) for p in good]
         started = time.monotonic()
 
         def failed(exc: BaseException, failures: int) -> None:
             self.stats.write_failures += 1
+            self._committing_since = time.monotonic()  # trying: not stuck
 
         try:
             # Every message was checked before, so the data is not the cause: keep the
