@@ -289,6 +289,11 @@ async def main() -> None:
         minutes = (time.monotonic() - start) / 60
         await asyncio.gather(*(p.stop() for p in procs[3:]))
         while await queue_depth(names["transitions"]) > 0:
+            for p in procs[:3]:  # an ingest that ends itself (stalled) is restarted here too
+                if not p.alive():
+                    print(f"{p.name} exited with {p.process.returncode}; restarting", flush=True)
+                    restarts += 1
+                    await p.start()
             await asyncio.sleep(1)
         await asyncio.sleep(2)  # the last flush commits
         await tally.read(url)
@@ -351,5 +356,12 @@ async def main() -> None:
     print(json.dumps(result))
 
 
+async def until_terminated() -> None:
+    """`main`, cancelled by SIGTERM as by Ctrl-C: its clean-up (the services, the scratch
+    database, queues and bucket) runs either way."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    await main()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(until_terminated())
