@@ -250,7 +250,8 @@ class EvaluatorService:
             published_at=info.created_at), games)
         self.evaluated += 1
         since = window_start(version, cfg.eval.rating_window)
-        ratings = fit(await stored_records(self.results, env, since), cfg.eval.prior_draws, since)
+        ratings = await asyncio.to_thread(fit, await stored_records(self.results, env, since), cfg.eval.prior_draws,
+                                          since)
         mine = ratings[version_name(version)]
         self.last = event = ModelEvaluated(
             env_id=env, version=version, step=info.step, rating=round(mine.rating, 1),
@@ -289,7 +290,8 @@ class EvaluatorService:
         played: list[RatingGame] = []
         for round_ in range(rounds):
             opponents: list[tuple[str, object]] = []
-            for name in choose_opponents(fit(stored + records_of(played), cfg.prior_draws, since), version):
+            ratings = await asyncio.to_thread(fit, stored + records_of(played), cfg.prior_draws, since)
+            for name in choose_opponents(ratings, version):
                 if name not in players:
                     players[name] = await self._opponent(name, version)
                 if players[name] is not None:
