@@ -70,20 +70,26 @@ def tally(games: Iterable[tuple[str, str, float]]) -> list[PairRecord]:
     return [PairRecord(a, b, *c) for (a, b), c in counts.items()]
 
 
-def connected(records: Iterable[PairRecord], anchor: str) -> list[PairRecord]:
-    """The records among the players that games connect to `anchor`: the others have no
-    rating relative to it (`fit_ratings` refuses them)."""
-    records = list(records)
+def reachable(pairs: Iterable[tuple[str, str]], start: str) -> set[str]:
+    """Every player linked to `start` by a chain of pairs that met (`start` included)."""
     neighbours: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        neighbours[r.a].add(r.b)
-        neighbours[r.b].add(r.a)
-    reached, frontier = {anchor}, [anchor]
+    for a, b in pairs:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    reached, frontier = {start}, [start]
     while frontier:
         for other in neighbours.pop(frontier.pop(), ()):
             if other not in reached:
                 reached.add(other)
                 frontier.append(other)
+    return reached
+
+
+def connected(records: Iterable[PairRecord], anchor: str) -> list[PairRecord]:
+    """The records among the players that games connect to `anchor`: the others have no
+    rating relative to it (`fit_ratings` refuses them)."""
+    records = list(records)
+    reached = reachable(((r.a, r.b) for r in records), anchor)
     return [r for r in records if r.a in reached]  # b met a: reached as well
 
 
@@ -201,14 +207,8 @@ def _matrices(records: Iterable[PairRecord]) -> tuple[list[str], np.ndarray, np.
 
 
 def _check_connected(players: list[str], games: np.ndarray, anchor: int) -> None:
-    reached, frontier = {anchor}, [anchor]
-    while frontier:
-        i = frontier.pop()
-        for j in np.flatnonzero(games[i] > 0):
-            if j not in reached:
-                reached.add(int(j))
-                frontier.append(int(j))
-    cut_off = [players[i] for i in range(len(players)) if i not in reached]
+    reached = reachable(((players[i], players[j]) for i, j in zip(*np.nonzero(games))), players[anchor])
+    cut_off = [name for name in players if name not in reached]
     if cut_off:
         raise ValueError(f"no games connect {cut_off} to the anchor {players[anchor]!r}: their ratings are undefined")
 
