@@ -6,7 +6,8 @@ evaluator stored them.
 
 Ratings are Elo points above random play, fitted over the stored games of the anchors and
 the newest `eval.rating_window` versions (so they sharpen as later versions play the earlier
-ones; older versions show none), ± one standard error; `vs previous` is the
+ones), ± one standard error; a version older than the window shows the rating it was given
+right after its own games, marked `*` (`"rating_fitted": false` in `--json`); `vs previous` is the
 change from the version rated before, ± the error of that difference (smaller than
 either rating's: both share the uncertainty of the anchors' ladder below them); accuracy is the share of
 solver-labelled positions (early / mid / late game) where the move chosen is optimal,
@@ -55,11 +56,12 @@ async def rows_of(results: Evaluations, config: Config) -> list[dict]:
         r = ratings.get(version_name(e.version))
         gain = ratings.gap(version_name(e.version), version_name(previous)) if r and previous else None
         previous = e.version if r else previous
+        rating, error, fitted = (round(r.rating, 1), round(r.stderr, 1), True) if r else (e.rating, e.rating_error, False)
         pct = {which: {s: e.accuracy.get(which, {}).get(s, {}).get("optimal_pct") for s in STAGES}
                for which in ("search", "policy")}
         rows.append({"version": e.version, "step": e.step, "status": e.status, "reason": e.reason,
                      "published_at": e.published_at or None, "evaluated_at": e.evaluated_at,
-                     "rating": round(r.rating, 1) if r else None, "rating_error": round(r.stderr, 1) if r else None,
+                     "rating": rating, "rating_error": error, "rating_fitted": fitted and rating is not None,
                      "games": int(r.games) if r else 0,
                      "gain": round(gain.rating, 1) if gain else None,
                      "gain_error": round(gain.stderr, 1) if gain else None,
@@ -81,11 +83,15 @@ def format_table(rows: list[dict]) -> str:
         if r["status"] != "ok":
             lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {r['status']}: {r['reason']}")
             continue
-        rating = f"{r['rating']:.0f} ± {r['rating_error']:.0f}"
+        rating = "-" if r["rating"] is None else f"{r['rating']:.0f} ± {r['rating_error']:.0f}"
+        if r["rating"] is not None and not r["rating_fitted"]:
+            rating += "*"
         gain = f"{r['gain']:+.0f} ± {r['gain_error']:.0f}" if r["gain"] is not None else "-"
         mark = "  <- served" if r["served"] else ""
         lines.append(f"{r['version']:>7} {r['step']:>8}  {published:<19}  {rating:<12} {gain:<12} {r['games']:>5}  "
                      f"{_stages(r['optimal_pct']):<15} {_stages(r['policy_optimal_pct']):<15}{mark}".rstrip())
+    if any(r["rating"] is not None and not r["rating_fitted"] for r in rows):
+        lines.append("* as rated right after its own games (not in the current fit: older than eval.rating_window)")
     return "\n".join(lines)
 
 

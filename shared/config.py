@@ -334,7 +334,8 @@ class EvalConfig(_Section):
     """Ratings are fitted over the anchors and the newest this many versions (the games
     among them), by the evaluator, the web page and `cartridge ratings` alike: a fit over
     every version of a run of weeks would grow with the cube of their number. Older
-    versions show no rating; opponents are chosen within the window."""
+    versions show the rating they were given right after their own games (marked `*`);
+    opponents are chosen within the window."""
     rollback: bool = True
     """Serve the best rated version again when a newer one rates clearly worse."""
     rollback_min_games: PositiveInt = 20

@@ -119,8 +119,9 @@ async def test_a_version_still_being_uploaded_is_not_waiting_for_evaluation(make
 
 async def test_ratings_and_opponents_stay_within_the_rating_window(make_config):
     """With `rating_window` 2, model 4 meets only anchors and model 3, and the ratings the
-    page and `cartridge ratings` show cover models 3 and 4 (older ones show none)."""
-    from cartridge.ratings import rating_rows
+    page and `cartridge ratings` show are fitted for models 3 and 4; older ones show the
+    rating each was given right after its own games, marked as such."""
+    from cartridge.ratings import format_table, rating_rows
 
     config = make_config(eval={**SMALL, "rating_window": 2, "rollback": False})
     async with open_model_store(config.storage) as store, open_bus(config.broker, name="test") as bus:
@@ -134,5 +135,12 @@ async def test_ratings_and_opponents_stay_within_the_rating_window(make_config):
     async with open_evaluations(config.storage) as results:
         games = await results.games("tictactoe")
     assert {g.player_b for g in games if g.version == 4} <= {"random", "one-ply", "alphabeta-2", "v3"}
-    rated = {r["version"]: r["rating"] for r in await rating_rows(config)}
-    assert rated[1] is None and rated[2] is None and rated[4] is not None
+    async with open_evaluations(config.storage) as results:
+        kept = {e.version: e.rating for e in await results.evaluations("tictactoe")}
+    rows = await rating_rows(config)
+    rated = {r["version"]: (r["rating"], r["rating_fitted"]) for r in rows}
+    assert rated[1] == (kept[1], False) and rated[2] == (kept[2], False) and None not in kept.values()
+    assert rated[3][1] and rated[4][1] and rated[4][0] is not None
+    table = format_table(rows).splitlines()
+    assert table[1].split()[0] == "1" and f"{kept[1]:.0f} ±" in table[1] and "*" in table[1]
+    assert "*" not in table[4] and table[-1].startswith("* as rated right after its own games")

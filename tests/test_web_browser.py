@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from browser import available, chromium
@@ -26,6 +27,7 @@ from web_data import short_run, web_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 30
+RATING_WINDOW = 2  # of the 3 versions rated
 
 if (missing := available()) and os.environ.get("CI"):
     raise RuntimeError(f"the browser tests must run in CI: {missing}")  # never a silent skip there
@@ -47,7 +49,9 @@ def site(tmp_path_factory):
     flags = ["--set", "storage.replay_backend=sqlite", "--set", f"storage.sqlite_path={config.storage.sqlite_path}",
              "--set", "storage.model_store=local", "--set", f"storage.local_model_dir={config.storage.local_model_dir}",
              "--set", "common.env_id=connect4", "--set", "broker.url=amqp://guest:guest@127.0.0.1:1/",
-             "--set", "broker.management_url=http://127.0.0.1:1"]
+             "--set", "broker.management_url=http://127.0.0.1:1",
+             # v1 outside the fit: the page shows the rating it was given when evaluated.
+             "--set", f"eval.rating_window={RATING_WINDOW}"]
     log = tmp / "web.log"
     proc = subprocess.Popen([sys.executable, "-m", "cartridge.cli", "web", "--port", str(port), *flags], cwd=tmp,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -95,7 +99,8 @@ async def database_rows(config):
         evaluations = await results.evaluations(env)
     async with open_model_store(config.storage) as store:
         infos = [await store.get_info(env, v) for v in await store.list_versions(env)]
-    return evaluations, infos, await rating_rows(config)
+    windowed = msgspec.structs.replace(config, eval=msgspec.structs.replace(config.eval, rating_window=RATING_WINDOW))
+    return evaluations, infos, await rating_rows(windowed)
 
 
 def test_the_charts_plot_the_rows_of_the_database(site, browser):
@@ -105,8 +110,10 @@ def test_the_charts_plot_the_rows_of_the_database(site, browser):
     browser.get(url)
     wait_for(browser, lambda d: len(plotted(d, "chart-rating", "rating")) == 3, "the rating chart")
 
-    # Against the training step (the default axis): ratings as fitted over the stored games,
-    # accuracy straight from the evaluations table, loss from the models' records.
+    # Against the training step (the default axis): ratings as fitted over the stored games
+    # (v1's as stored at its evaluation: it is outside the window), accuracy straight from
+    # the evaluations table, loss from the models' records.
+    assert [r["rating_fitted"] for r in ratings] == [False, True, True] and ratings[0]["rating"] == evaluations[0].rating
     assert close(plotted(browser, "chart-rating", "rating"), sorted((r["step"], r["rating"]) for r in ratings))
     for stage in ("early", "mid", "late"):
         assert close(plotted(browser, "chart-search", stage),
@@ -123,9 +130,13 @@ def test_the_charts_plot_the_rows_of_the_database(site, browser):
 
     # Read in one go: the page redraws its tables at every refresh.
     table = browser.execute_script(
-        "return [...document.querySelectorAll('#ratings tbody tr')].map(r => [r.cells[0].textContent, r.className])")
-    assert [version for version, _ in table] == ["3", "2", "1"]
+        "return [...document.querySelectorAll('#ratings tbody tr')]"
+        ".map(r => [r.cells[0].textContent, r.className, r.cells[3].textContent])")
+    assert [version for version, _, _ in table] == ["3", "2", "1"]
     assert table[0][1] == "served"  # the newest rated version, no hold
+    assert table[2][2].endswith("*") and abs(float(table[2][2].split(" ±")[0]) - ratings[0]["rating"]) <= 0.5
+    assert "*" not in table[0][2] and "*" not in table[1][2]
+    assert browser.find_element("id", "ratings-note").is_displayed()
     assert browser.find_element("id", "newest").text == "v3"
 
 

@@ -241,18 +241,20 @@ class EvaluatorService:
         games = await self._rating_games(version, evaluator)
         if stop.is_set():
             return
+        # Fitted before storing, with this version's games added to the stored ones: its
+        # rating is kept with its evaluation (what views show once it leaves the window).
+        since = window_start(version, cfg.eval.rating_window)
+        ratings = await asyncio.to_thread(fit, await stored_records(self.results, env, since) + records_of(games),
+                                          cfg.eval.prior_draws, since)
+        mine = ratings[version_name(version)]
         cost = time.process_time() - cpu
         self.cpu_seconds += cost
         self.last_cost = round(cost, 2)
         await self.results.record(env, Evaluation(
             env_id=env, version=version, step=info.step, status="ok", accuracy=accuracy.as_dict(),
             sims=cfg.eval.simulations, positions=cfg.eval.positions, cost_cpu_s=round(cost, 2),
-            published_at=info.created_at), games)
+            published_at=info.created_at, rating=round(mine.rating, 1), rating_error=round(mine.stderr, 1)), games)
         self.evaluated += 1
-        since = window_start(version, cfg.eval.rating_window)
-        ratings = await asyncio.to_thread(fit, await stored_records(self.results, env, since), cfg.eval.prior_draws,
-                                          since)
-        mine = ratings[version_name(version)]
         self.last = event = ModelEvaluated(
             env_id=env, version=version, step=info.step, rating=round(mine.rating, 1),
             rating_error=round(mine.stderr, 1), games=int(mine.games), optimal_pct=accuracy.optimal_pct("search"),

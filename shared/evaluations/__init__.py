@@ -9,8 +9,10 @@ Three tables, created idempotently on open:
 - `rating_games`: one row per rating game (players, A's score, the moves, who began, the
   version being rated; 0 for the anchors' own ladder);
 - `serving`: one row per decision about which version actors serve (rollbacks, take-overs).
-Ratings are not stored: they are a fit over the games (counted per pair: `tallies`), redone when asked
-(`services.evaluator.ratings`), so they sharpen as games accumulate.
+Ratings are a fit over the games (counted per pair: `tallies`), redone when asked
+(`services.evaluator.ratings`), so they sharpen as games accumulate; each evaluation also
+keeps its version's rating as fitted right after its games, which is what views show for
+versions that have left the fit's window (`eval.rating_window`).
 Back-end errors reach callers as `ReplayUnavailable`, as the replay's do.
 """
 
@@ -44,6 +46,10 @@ class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     cost_cpu_s: float = 0.0
     published_at: float = 0.0
     evaluated_at: float = msgspec.field(default_factory=time.time)
+    rating: float | None = None
+    """Elo above random as fitted right after this version's games (None: not rated, or
+    evaluated before ratings were kept)."""
+    rating_error: float | None = None
 
 
 class RatingGame(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,14 +104,17 @@ def open_evaluations(storage: StorageConfig) -> Evaluations:
 
 # Both back ends store the same columns; accuracy travels as JSON text.
 EVALUATION_COLUMNS = ("env_id", "version", "step", "status", "reason", "accuracy", "sims", "positions",
-                      "cost_cpu_s", "published_at", "evaluated_at")
+                      "cost_cpu_s", "published_at", "evaluated_at", "rating", "rating_error")
+# Columns added to `evaluations` after its first release (nullable): each back end's
+# migration adds them to an older table.
+ADDED_EVALUATION_COLUMNS = ("rating", "rating_error")
 GAME_COLUMNS = ("env_id", "version", "player_a", "player_b", "score_a", "moves", "a_first", "played_at")
 SERVING_COLUMNS = ("env_id", "version", "hold", "reason", "decided_at")
 
 
 def evaluation_row(e: Evaluation) -> tuple:
     return (e.env_id, e.version, e.step, e.status, e.reason, msgspec.json.encode(e.accuracy).decode(), e.sims,
-            e.positions, e.cost_cpu_s, e.published_at, e.evaluated_at)
+            e.positions, e.cost_cpu_s, e.published_at, e.evaluated_at, e.rating, e.rating_error)
 
 
 def evaluation_of(row) -> Evaluation:
@@ -133,7 +142,7 @@ def table_sql(real: str, serial: str) -> str:
             env_id text NOT NULL, version integer NOT NULL, step bigint NOT NULL,
             status text NOT NULL, reason text NOT NULL, accuracy text NOT NULL,
             sims integer NOT NULL, positions integer NOT NULL, cost_cpu_s {real} NOT NULL,
-            published_at {real} NOT NULL, evaluated_at {real} NOT NULL,
+            published_at {real} NOT NULL, evaluated_at {real} NOT NULL, rating {real}, rating_error {real},
             PRIMARY KEY (env_id, version));
         CREATE TABLE IF NOT EXISTS rating_games (
             id {serial}, env_id text NOT NULL, version integer NOT NULL,

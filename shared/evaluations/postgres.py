@@ -8,7 +8,7 @@ import asyncpg
 
 from shared.config import StorageConfig, mask_url
 from shared.evaluations import (
-    EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
+    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
     game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.games import get_game
@@ -48,6 +48,12 @@ class PostgresEvaluations:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)  # the replay's lock
                 await conn.execute(table_sql("double precision", "bigserial PRIMARY KEY"))
+                # Checked first: ALTER TABLE takes its lock even when there is nothing to add.
+                have = {r["attname"] for r in await conn.fetch(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = 'evaluations'::regclass AND attnum > 0")}
+                for name in ADDED_EVALUATION_COLUMNS:
+                    if name not in have:
+                        await conn.execute(f"ALTER TABLE evaluations ADD COLUMN {name} double precision")
         return self
 
     async def __aexit__(self, *exc) -> None:

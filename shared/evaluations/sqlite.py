@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared.config import StorageConfig
 from shared.evaluations import (
-    EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
+    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
     game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.model_store import ServingPointer
@@ -36,7 +36,23 @@ class SqliteEvaluations:
         self._db = await asyncio.to_thread(sqlite3.connect, self.path, check_same_thread=False,
                                            isolation_level=None, timeout=30)
         await self._run(self._db.executescript, table_sql("REAL", "INTEGER PRIMARY KEY AUTOINCREMENT"))
+        await self._run(self._add_columns)
         return self
+
+    def _add_columns(self) -> None:
+        """What a file from an earlier release lacks, in one write transaction (another
+        process opening the same file at once waits, then finds them)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in db.execute("PRAGMA table_info(evaluations)").fetchall()}
+            for name in ADDED_EVALUATION_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE evaluations ADD COLUMN {name} REAL")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     async def __aexit__(self, *exc) -> None:
         async with self._lock:  # never while a statement runs in a thread

@@ -138,10 +138,12 @@ function render() {
   const loss = Object.fromEntries(data.models.map(m => [m.version, m.loss]));
   $("ratings").tBodies[0].replaceChildren(...[...data.ratings].reverse().map(r => r.status !== "ok"
     ? row([r.version, r.step, when(r.published_at), r.status + ": " + r.reason, null, null, null, null, null, ""])
-    : row([r.version, r.step, when(r.published_at), `${fmt(r.rating)} ± ${fmt(r.rating_error)}`,
+    : row([r.version, r.step, when(r.published_at),
+           r.rating === null ? null : `${fmt(r.rating)} ± ${fmt(r.rating_error)}${r.rating_fitted ? "" : "*"}`,
            r.gain === null || r.gain === undefined ? null : `${r.gain >= 0 ? "+" : ""}${fmt(r.gain)} ± ${fmt(r.gain_error)}`, r.games,
            stages(r.optimal_pct), stages(r.policy_optimal_pct), fmt(loss[r.version], 3), r.served ? "served" : ""],
           r.served ? "served" : "")));
+  $("ratings-note").hidden = !data.ratings.some(r => r.rating !== null && !r.rating_fitted);
   fillVersions();
   drawCharts();
 }
