@@ -146,7 +146,18 @@ class TrainingConfig(_Section):
     min_transitions: PositiveInt = 5000
     """Positions the replay buffer must hold before training starts."""
     window_size: PositiveInt = 200_000
-    """Newest positions sampled from (the replay window)."""
+    """Newest positions sampled from (the replay window); with `window_taper_start`, the
+    most the window grows to."""
+    window_taper_start: NonNegInt = 0
+    """Grow the window with the data (KataGo's taper): while at most this many positions
+    have been stored, the window is all of them; beyond, it is `window_taper_start * (1 +
+    window_taper_growth * ((stored / window_taper_start) ** window_taper_exponent - 1) /
+    window_taper_exponent)`, up to `window_size`. Early, weak data then leaves the window
+    sooner. 0: off, the window is `window_size` from the start."""
+    window_taper_exponent: Annotated[float, Meta(gt=0, le=1)] = 0.75
+    """How fast the tapered window grows past `window_taper_start` (1: linearly)."""
+    window_taper_growth: PositiveFloat = 0.4
+    """Scale of that growth: at 1 with exponent 1 the window is every position stored."""
     drop_uniform_positions: bool = False
     """Once the window holds `min_transitions` positions played by a model, stop sampling
     the positions played before model 1 (searched with the uniform evaluator): many and

@@ -12,7 +12,7 @@ import torch
 from services.trainer.learner import Batch, Checkpoint, train_step
 from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
-from services.trainer.window import ReplayWindow
+from services.trainer.window import ReplayWindow, Taper
 from shared.bus import MemoryBus
 from shared.config import TrainingConfig
 from shared.games import get_game
@@ -138,6 +138,51 @@ def test_window_stops_sampling_uniform_positions_once_enough_model_positions_exi
     plain._append(uniform)
     plain._append(played)
     assert plain.sampled_positions == 2 * n
+
+
+def test_the_tapered_window_grows_as_a_power_of_the_positions_stored():
+    taper = Taper(start=1000, exponent=0.75, growth=0.4)
+    assert [taper.size(n) for n in (0, 10, 1000)] == [0, 10, 1000]  # every position, up to the start
+    assert taper.size(16_000) == int(1000 * (1 + 0.4 * (16 ** 0.75 - 1) / 0.75))  # 4733
+    assert taper.size(16_000) < taper.size(32_000) < taper.size(64_000) < 64_000
+    assert Taper(start=1000, exponent=1.0, growth=1.0).size(50_000) == 50_000  # linear at scale 1: everything
+
+
+def test_a_tapered_window_samples_only_its_newest_rows_and_grows_with_the_data():
+    parts = play_games(games=12)
+    rows = parts[0].__class__.concat(parts)
+    n = len(rows)
+    # Each row's value is its order of arrival, so a sample says which rows it came from.
+    rows = dataclasses.replace(rows, value=np.arange(n, dtype=np.float32), model_version=np.ones(n, np.int32))
+    taper = Taper(start=n // 8, exponent=0.5, growth=0.5)
+    window = ReplayWindow(TTT, size=n, taper=taper)
+    window._append(slice_rows(rows, n // 8))
+    assert window.span == n // 8 == window.sampled_positions  # up to the start: every row
+    window._append(dataclasses.replace(rows, **{k: v[n // 8:] for k, v in rows.__dict__.items()}))
+    span = taper.size(n)
+    assert window.filled == n and n // 8 < window.span == span < n
+    values = window.sample(2000, np.random.default_rng(0)).value
+    assert values.min() >= n - span and len(np.unique(values)) > span // 2  # the newest span rows, all of them
+    # Past the ring's end: the newest rows are found across the wrap, and the window is capped at its size.
+    small = ReplayWindow(TTT, size=n // 2, taper=Taper(start=n // 8, exponent=1.0, growth=1.0))
+    small._append(rows)
+    small._append(slice_rows(dataclasses.replace(rows, value=np.arange(n, n + n // 8, dtype=np.float32)), n // 8))
+    assert small.span == n // 2
+    assert small.sample(2000, np.random.default_rng(0)).value.min() >= n + n // 8 - n // 2
+
+
+def test_a_tapered_window_drops_uniform_positions_among_its_newest_rows():
+    parts = play_games(games=8)
+    rows = parts[0].__class__.concat(parts)
+    n = len(rows)
+    versions = np.where(np.arange(n) % 2 == 0, 0, 1).astype(np.int32)  # alternating uniform and model rows
+    rows = dataclasses.replace(rows, value=np.arange(n, dtype=np.float32), model_version=versions)
+    window = ReplayWindow(TTT, size=n, drop_uniform_after=4, taper=Taper(start=n // 4, exponent=1.0, growth=0.5))
+    window._append(rows)
+    span = window.span
+    assert n // 4 < span < n and window.sampled_positions == len([i for i in range(n - span, n) if i % 2])
+    values = window.sample(500, np.random.default_rng(0)).value
+    assert values.min() >= n - span and np.all(values % 2 == 1)
 
 
 def test_the_value_target_mixes_the_result_with_the_search_value():

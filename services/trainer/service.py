@@ -33,7 +33,7 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.pace import SamplePace
-from services.trainer.window import ReplayWindow
+from services.trainer.window import ReplayWindow, Taper
 from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config, TrainingConfig
 from shared.games import get_game
@@ -88,7 +88,9 @@ class TrainerService:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         self.window = ReplayWindow(self.game, t.window_size,
                                    drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0,
-                                   search_value_weight=t.search_value_weight)
+                                   search_value_weight=t.search_value_weight,
+                                   taper=Taper(t.window_taper_start, t.window_taper_exponent, t.window_taper_growth)
+                                   if t.window_taper_start else None)
         self.pace = SamplePace(t.samples_per_position, t.position_lead)
         self.rng = np.random.default_rng()
         self.step = 0
@@ -105,7 +107,7 @@ class TrainerService:
         losses = self.last_losses
         return TrainerStatus(
             name=self.name, state=self._lifecycle.state, step=self.step, version=self.version,
-            replay_size=self.replay_size, window_size=self.window.filled,
+            replay_size=self.replay_size, window_size=self.window.span,
             loss=losses.total if losses else None, policy_loss=losses.policy if losses else None,
             value_loss=losses.value if losses else None,
             samples=self.pace.samples,
@@ -196,7 +198,7 @@ class TrainerService:
             "value %.3f), window %d rows",
             self.step, (self.step - start_step) / max(elapsed, 1e-9), self.pace.ratio,
             losses.total if losses else float("nan"), losses.policy if losses else float("nan"),
-            losses.value if losses else float("nan"), self.window.filled,
+            losses.value if losses else float("nan"), self.window.span,
         )
 
     def _train(self, steps: int) -> StepLosses:

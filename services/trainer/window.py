@@ -2,7 +2,8 @@
 
 Loaded once, then extended with only the rows added since (`id > last_id`), so a
 training step's cost does not grow with the table. Sampling is uniform over the window
-(optionally over its rows played by a model, once there are enough of them: see
+(optionally only its newest rows, a number that grows with the positions stored:
+`Taper`; optionally only its rows played by a model, once there are enough of them:
 `drop_uniform_after`), with a random left-right mirror per sample (both games are
 symmetric that way). The value target is the game's result, mixed with the search's
 root value as rows are loaded when `search_value_weight` is set.
@@ -30,14 +31,34 @@ class Loaded(NamedTuple):
     """Rows stored since the cursor."""
 
 
+class Taper(NamedTuple):
+    """KataGo's growing window: every position up to `start` stored, then a power of the
+    total (`training.window_taper_*`)."""
+
+    start: int
+    exponent: float
+    growth: float
+
+    def size(self, stored: int) -> int:
+        """The window for `stored` positions stored so far (not capped)."""
+        if stored <= self.start:
+            return stored
+        return int(self.start * (1 + self.growth * ((stored / self.start) ** self.exponent - 1) / self.exponent))
+
+
 class ReplayWindow:
-    def __init__(self, game: Game, size: int, drop_uniform_after: int = 0, search_value_weight: float = 0.0):
+    def __init__(self, game: Game, size: int, drop_uniform_after: int = 0, search_value_weight: float = 0.0,
+                 taper: Taper | None = None):
         """`drop_uniform_after` > 0: once that many rows held were played by a model
         (version >= 1), sample only those, never the uniform evaluator's (version 0).
-        `search_value_weight`: the value target is `(1 - w) * value + w * search_value`."""
+        `search_value_weight`: the value target is `(1 - w) * value + w * search_value`.
+        `taper`: sample only the newest `taper.size(positions stored)` rows held (ids
+        count the rows stored, so the newest id is that number)."""
         self.game, self.size = game, size
         self.search_value_weight = search_value_weight
         self.drop_uniform_after = drop_uniform_after
+        self.taper = taper
+        self.span = 0  # the newest rows held that sampling draws from (all held, unless tapered)
         self._eligible: np.ndarray | None = None  # row indices sampled from; None: all held
         a = game.num_actions
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
@@ -84,13 +105,16 @@ class ReplayWindow:
         self.write = int((self.write + n) % self.size)
         self.filled = min(self.filled + n, self.size)
         self.total_loaded += n
-        held = self.model_version[:self.filled]  # once per refresh, not per sample
-        self.oldest_version, self.newest_version = int(held.min()), int(held.max())
-        self._eligible = None
+        # Once per refresh, not per sample: which rows sampling draws from.
+        self.span = self.filled if self.taper is None else min(self.filled, max(1, self.taper.size(max(self.last_id, self.total_loaded))))
+        rows = None if self.span == self.filled else (self.write - 1 - np.arange(self.span)) % self.size
+        versions = self.model_version[:self.filled] if rows is None else self.model_version[rows]
+        self.oldest_version, self.newest_version = int(versions.min()), int(versions.max())
+        self._eligible = rows
         if self.drop_uniform_after and self.oldest_version == 0:
-            played = np.flatnonzero(held > 0)
+            played = np.flatnonzero(versions > 0)
             if len(played) >= self.drop_uniform_after:
-                self._eligible = played
+                self._eligible = played if rows is None else rows[played]
 
     @property
     def sampled_positions(self) -> int:
