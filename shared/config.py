@@ -162,6 +162,11 @@ class TrainingConfig(_Section):
     """Once the window holds `min_transitions` positions played by a model, stop sampling
     the positions played before model 1 (searched with the uniform evaluator): many and
     weak, they would otherwise fill the window long after the first model."""
+    average_duplicates: bool = False
+    """Sample the window's distinct positions uniformly, each with its targets averaged over
+    every copy (the policy over the copies whose policy counts), instead of its rows: the
+    openings that every game repeats stop dominating the batches, and a repeated
+    position's value target is a mean of many results rather than one."""
     search_value_weight: Probability = 0.5
     """Weight of the search's value in the value target: `(1 - w) * result + w * root
     value`, both from the side to move's view (the root value is the mean over the

@@ -12,7 +12,7 @@ import torch
 from services.trainer.learner import Batch, Checkpoint, train_step
 from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
-from services.trainer.window import ReplayWindow, Taper
+from services.trainer.window import ReplayWindow, Taper, merge_duplicates
 from shared.bus import MemoryBus
 from shared.config import TrainingConfig
 from shared.games import get_game
@@ -183,6 +183,39 @@ def test_a_tapered_window_drops_uniform_positions_among_its_newest_rows():
     assert n // 4 < span < n and window.sampled_positions == len([i for i in range(n - span, n) if i % 2])
     values = window.sample(500, np.random.default_rng(0)).value
     assert values.min() >= n - span and np.all(values % 2 == 1)
+
+
+def test_duplicates_merge_into_one_position_with_averaged_targets():
+    a = TTT.num_actions
+    observation = np.zeros((5, 2, 3, 3), np.uint8)
+    observation[3:, 0, 1, 1] = 1  # rows 0-2: one position; rows 3-4: another
+    policy = np.zeros((5, a), np.float32)
+    policy[0, 0] = policy[1, 1] = policy[2, 2] = policy[3, 3] = policy[4, 4] = 1
+    value = np.array([1, -1, 0.5, 0.25, 0.75], np.float32)
+    weight = np.array([1, 1, 0, 0, 0], np.float32)  # row 2 and the second position: fast searches
+    merged = merge_duplicates(np.arange(5), observation, policy, value, weight)
+    assert sorted(merged.rows.tolist()) in ([0, 3], [1, 3], [2, 3], [0, 4], [1, 4], [2, 4])
+    first = int(np.flatnonzero(merged.rows < 3)[0])
+    second = 1 - first
+    np.testing.assert_allclose(merged.policy[first], [0.5, 0.5] + [0] * (a - 2))  # the fast search's left out
+    np.testing.assert_allclose(merged.value, [0.5 / 3, 0.5] if first == 0 else [0.5, 0.5 / 3], rtol=1e-6)
+    assert merged.policy_weight[first] == 1 and merged.policy_weight[second] == 0
+
+
+def test_averaging_duplicates_samples_distinct_positions_uniformly():
+    parts = play_games(games=12)
+    rows = parts[0].__class__.concat(parts)
+    distinct = np.unique(rows.observation.reshape(len(rows), -1), axis=0)
+    opening = rows.observation[rows.ply == 0][0]  # every game's first position
+    copies = int(np.all(rows.observation == opening, axis=(1, 2, 3)).sum())
+    assert copies == 12
+    for average, expected in ((False, copies / len(rows)), (True, 1 / len(distinct))):
+        window = ReplayWindow(TTT, size=len(rows), average_duplicates=average)
+        window._append(rows)
+        batch = window.sample(20_000, np.random.default_rng(0))
+        # The opening is its own mirror image, so flips do not hide it.
+        share = np.all(batch.observation == opening.astype(np.float32), axis=(1, 2, 3)).mean()
+        assert abs(share - expected) < 0.3 * expected, (average, share, expected)
 
 
 def test_the_value_target_mixes_the_result_with_the_search_value():

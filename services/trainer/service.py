@@ -90,7 +90,8 @@ class TrainerService:
                                    drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0,
                                    search_value_weight=t.search_value_weight,
                                    taper=Taper(t.window_taper_start, t.window_taper_exponent, t.window_taper_growth)
-                                   if t.window_taper_start else None)
+                                   if t.window_taper_start else None,
+                                   average_duplicates=t.average_duplicates)
         self.pace = SamplePace(t.samples_per_position, t.position_lead)
         self.rng = np.random.default_rng()
         self.step = 0

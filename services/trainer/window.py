@@ -6,7 +6,9 @@ training step's cost does not grow with the table. Sampling is uniform over the 
 `Taper`; optionally only its rows played by a model, once there are enough of them:
 `drop_uniform_after`), with a random left-right mirror per sample (both games are
 symmetric that way). The value target is the game's result, mixed with the search's
-root value as rows are loaded when `search_value_weight` is set.
+root value as rows are loaded when `search_value_weight` is set. With
+`average_duplicates`, sampling is uniform over the distinct positions instead of the rows,
+each drawn with its targets averaged over every copy of it (`Merged`).
 """
 
 from __future__ import annotations
@@ -46,20 +48,54 @@ class Taper(NamedTuple):
         return int(self.start * (1 + self.growth * ((stored / self.start) ** self.exponent - 1) / self.exponent))
 
 
+class Merged(NamedTuple):
+    """The rows sampled from, one per distinct position, with averaged targets."""
+
+    rows: np.ndarray  # int [u]: one row holding each distinct position
+    policy: np.ndarray  # float32 [u, a]: the mean over its copies whose policy counts
+    value: np.ndarray  # float32 [u]: the mean over all its copies
+    policy_weight: np.ndarray  # float32 [u]: 1 if any copy's policy counts, else 0
+
+
+def merge_duplicates(rows: np.ndarray, observation: np.ndarray, policy: np.ndarray, value: np.ndarray,
+                     policy_weight: np.ndarray) -> Merged:
+    """Group `rows` by identical observation (one sort of their bytes) and average the
+    targets of each group, the policy over the copies whose policy counts."""
+    flat = np.ascontiguousarray(observation[rows].reshape(len(rows), -1))
+    keys = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+    _, first, group, copies = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    group = group.ravel()  # numpy 2 keeps the input's shape
+    groups = len(first)
+    weight = policy_weight[rows].astype(np.float64)
+    counted = np.bincount(group, weights=weight, minlength=groups)
+    targets = policy[rows]
+    summed = np.stack([np.bincount(group, weights=targets[:, a] * weight, minlength=groups)
+                       for a in range(policy.shape[1])], axis=1)
+    return Merged(
+        rows=rows[first],
+        policy=(summed / np.maximum(counted, 1e-12)[:, None]).astype(np.float32),
+        value=(np.bincount(group, weights=value[rows], minlength=groups) / copies).astype(np.float32),
+        policy_weight=(counted > 0).astype(np.float32),
+    )
+
+
 class ReplayWindow:
     def __init__(self, game: Game, size: int, drop_uniform_after: int = 0, search_value_weight: float = 0.0,
-                 taper: Taper | None = None):
+                 taper: Taper | None = None, average_duplicates: bool = False):
         """`drop_uniform_after` > 0: once that many rows held were played by a model
         (version >= 1), sample only those, never the uniform evaluator's (version 0).
         `search_value_weight`: the value target is `(1 - w) * value + w * search_value`.
         `taper`: sample only the newest `taper.size(positions stored)` rows held (ids
-        count the rows stored, so the newest id is that number)."""
+        count the rows stored, so the newest id is that number). `average_duplicates`:
+        draw distinct positions, each with its copies' mean targets."""
         self.game, self.size = game, size
         self.search_value_weight = search_value_weight
         self.drop_uniform_after = drop_uniform_after
         self.taper = taper
         self.span = 0  # the newest rows held that sampling draws from (all held, unless tapered)
         self._eligible: np.ndarray | None = None  # row indices sampled from; None: all held
+        self.average_duplicates = average_duplicates
+        self._merged: Merged | None = None  # with average_duplicates: built at the first sample after a load
         a = game.num_actions
         self.observation = np.zeros((size, *game.obs_shape), np.uint8)
         self.policy = np.zeros((size, a), np.float32)
@@ -111,6 +147,7 @@ class ReplayWindow:
         versions = self.model_version[:self.filled] if rows is None else self.model_version[rows]
         self.oldest_version, self.newest_version = int(versions.min()), int(versions.max())
         self._eligible = rows
+        self._merged = None
         if self.drop_uniform_after and self.oldest_version == 0:
             played = np.flatnonzero(versions > 0)
             if len(played) >= self.drop_uniform_after:
@@ -122,13 +159,23 @@ class ReplayWindow:
         return self.filled if self._eligible is None else len(self._eligible)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
-        """A batch of `batch_size` rows, uniformly drawn (observations as float32)."""
-        idx = rng.integers(0, self.sampled_positions, size=batch_size)
-        if self._eligible is not None:
-            idx = self._eligible[idx]
+        """A batch of `batch_size` rows (or distinct positions, with `average_duplicates`),
+        uniformly drawn (observations as float32). Called off the event loop: the merge
+        of duplicates is done here, once per load."""
+        if self.average_duplicates:
+            if self._merged is None:
+                rows = np.arange(self.filled) if self._eligible is None else self._eligible
+                self._merged = merge_duplicates(rows, self.observation, self.policy, self.value, self.policy_weight)
+            merged = self._merged
+            pick = rng.integers(0, len(merged.rows), size=batch_size)
+            idx, policy, value, weight = merged.rows[pick], merged.policy[pick], merged.value[pick], merged.policy_weight[pick]
+        else:
+            idx = rng.integers(0, self.sampled_positions, size=batch_size)
+            if self._eligible is not None:
+                idx = self._eligible[idx]
+            policy, value, weight = self.policy[idx], self.value[idx], self.policy_weight[idx]
         obs = self.observation[idx].astype(np.float32)
-        policy = self.policy[idx]
         flip = rng.random(batch_size) < 0.5
         obs[flip] = obs[flip][..., ::-1]
         policy[flip] = policy[flip][:, self._mirror]
-        return Batch(obs, policy, self.value[idx], self.policy_weight[idx])
+        return Batch(obs, policy, value, weight)
