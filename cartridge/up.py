@@ -37,6 +37,7 @@ from shared.bus import MemoryBus
 from shared.bus.pipe import PipeBus, parent_pipe, serve_pipe
 from shared.config import Config
 from shared.messages import MessageError, ModelEvaluated, decode_event
+from shared.priority import lower_priority
 from shared.service import base_parser, run_configured, run_service
 
 log = logging.getLogger("cartridge.up")
@@ -157,7 +158,11 @@ async def _worker(config: Config, args: argparse.Namespace, stop: asyncio.Event)
     reader, writer = await parent_pipe()
     # A parent that is gone cannot store anything more: stop then too.
     bus = PipeBus(reader, writer, closed=stop)
-    service = EvaluatorService(config, bus=bus) if args.role == "evaluator" else ActorService(config, bus=bus)
+    if args.role == "evaluator":
+        lower_priority(config.eval.niceness, "the evaluator")  # this worker leads its own session
+        service = EvaluatorService(config, bus=bus)
+    else:
+        service = ActorService(config, bus=bus)
     await service.run(stop)
 
 

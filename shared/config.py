@@ -347,6 +347,12 @@ class EvalConfig(_Section):
     rating anchor at 0 and must be one of them."""
     prior_draws: PositiveFloat = 1.0
     """Virtual draws per pair of players that met: keep ratings finite after perfect scores."""
+    niceness: Annotated[int, Meta(ge=0, le=19)] = 0
+    """CPU priority of the evaluator's process, as a nice value (0: as any service; 19:
+    the lowest). Above 0 it yields the cores to self-play and training when it shares
+    them (`cartridge up`, or one host for everything): it then evaluates fewer versions,
+    always the newest waiting. Where the scheduler groups processes by session (Linux
+    autogroup), its group's nice is set too, or the nice value alone would not count."""
     rating_window: PositiveInt = 200
     """Ratings are fitted over the anchors and the newest this many versions (the games
     among them), by the evaluator, the web page and `cartridge ratings` alike: a fit over

@@ -5,10 +5,12 @@ import sys
 from services.evaluator.service import EvaluatorService
 from shared.heartbeat import HeartbeatSender
 from shared.metrics.endpoint import serve_metrics
+from shared.priority import lower_priority
 from shared.service import base_parser, run_service
 
 
 async def serve(config, args, stop) -> None:
+    lower_priority(config.eval.niceness, "the evaluator")
     service = EvaluatorService(config)
     # /metrics, /healthz, /readyz; and heartbeats, so `cartridge status` sees it
     async with serve_metrics(config.metrics), HeartbeatSender(config, service.status):
