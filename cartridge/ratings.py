@@ -56,12 +56,13 @@ async def rows_of(results: Evaluations, config: Config) -> list[dict]:
         r = ratings.get(version_name(e.version))
         gain = ratings.gap(version_name(e.version), version_name(previous)) if r and previous else None
         previous = e.version if r else previous
-        rating, error, fitted = (round(r.rating, 1), round(r.stderr, 1), True) if r else (e.rating, e.rating_error, False)
+        # Outside the fit: the rating kept from its evaluation (None if from before they were kept).
+        rating, error = (round(r.rating, 1), round(r.stderr, 1)) if r else (e.rating, e.rating_error)
         pct = {which: {s: e.accuracy.get(which, {}).get(s, {}).get("optimal_pct") for s in STAGES}
                for which in ("search", "policy")}
         rows.append({"version": e.version, "step": e.step, "status": e.status, "reason": e.reason,
                      "published_at": e.published_at or None, "evaluated_at": e.evaluated_at,
-                     "rating": rating, "rating_error": error, "rating_fitted": fitted and rating is not None,
+                     "rating": rating, "rating_error": error, "rating_fitted": r is not None,
                      "games": int(r.games) if r else 0,
                      "gain": round(gain.rating, 1) if gain else None,
                      "gain_error": round(gain.stderr, 1) if gain else None,

@@ -142,7 +142,8 @@ class ReplayWindow:
         self.filled = min(self.filled + n, self.size)
         self.total_loaded += n
         # Once per refresh, not per sample: which rows sampling draws from.
-        self.span = self.filled if self.taper is None else min(self.filled, max(1, self.taper.size(max(self.last_id, self.total_loaded))))
+        stored = max(self.last_id, self.total_loaded)  # ids count the rows stored
+        self.span = self.filled if self.taper is None else min(self.filled, max(1, self.taper.size(stored)))
         rows = None if self.span == self.filled else (self.write - 1 - np.arange(self.span)) % self.size
         versions = self.model_version[:self.filled] if rows is None else self.model_version[rows]
         self.oldest_version, self.newest_version = int(versions.min()), int(versions.max())
@@ -168,7 +169,8 @@ class ReplayWindow:
                 self._merged = merge_duplicates(rows, self.observation, self.policy, self.value, self.policy_weight)
             merged = self._merged
             pick = rng.integers(0, len(merged.rows), size=batch_size)
-            idx, policy, value, weight = merged.rows[pick], merged.policy[pick], merged.value[pick], merged.policy_weight[pick]
+            idx, policy = merged.rows[pick], merged.policy[pick]
+            value, weight = merged.value[pick], merged.policy_weight[pick]
         else:
             idx = rng.integers(0, self.sampled_positions, size=batch_size)
             if self._eligible is not None:

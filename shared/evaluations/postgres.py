@@ -8,8 +8,8 @@ import asyncpg
 
 from shared.config import StorageConfig, mask_url
 from shared.evaluations import (
-    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
-    game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
+    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame,
+    evaluation_of, evaluation_row, game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.games import get_game
 from shared.model_store import ServingPointer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from shared.config import StorageConfig
 from shared.evaluations import (
-    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame, evaluation_of, evaluation_row,
-    game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
+    ADDED_EVALUATION_COLUMNS, EVALUATION_COLUMNS, GAME_COLUMNS, SERVING_COLUMNS, Evaluation, RatingGame,
+    evaluation_of, evaluation_row, game_of, game_row, insert_sql, select_sql, serving_of, table_sql, tallies_sql,
 )
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
