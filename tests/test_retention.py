@@ -219,6 +219,29 @@ async def test_retention_drops_nothing_while_a_writer_lists_and_creates_partitio
         await conn.close()
 
 
+async def test_retention_counts_a_partition_only_once_its_writer_has_committed(make_config):
+    """The sequence hands out ids before their rows commit. A retention pass during a long
+    commit must not count (and keep for good) partitions whose rows are not committed yet:
+    it once did, counted them empty, and then never saw enough rows to drop anything."""
+    config = make_config(storage={"retain_positions": RETAIN, "partition_positions": PART},
+                         training={"window_size": WINDOW})
+    data = batches(0, 80, seed=3)
+    rows = sum(len(b[3]) for b in data)
+    assert rows > RETAIN + 2 * PART
+    async with open_replay(config.storage, GAME) as replay:
+        await replay._make_room(rows)
+        writer = await asyncpg.connect(config.storage.postgres_url)
+        try:
+            async with writer.transaction():
+                await replay.copy(writer, "transitions", postgres_module.copy_data(data))  # ids taken, not committed
+                assert await replay.enforce_retention() == []  # nothing settled to count yet
+            dropped = await replay.enforce_retention()
+        finally:
+            await writer.close()
+        assert [d.name for d in dropped][:1] == ["transitions_p0"]
+        assert await replay.count(ENV) >= RETAIN
+
+
 def test_a_partition_dropped_while_the_catalog_is_read_is_left_out():
     """The NULL bound of a just-dropped partition (another service's retention) is not
     an error: that partition is gone."""

@@ -345,9 +345,12 @@ class PostgresReplay:
     async def _drop_old_partitions(self, conn, dropped: list[DroppedPart]) -> None:
         last = await conn.fetchval(f"SELECT last_value FROM {self.sequence}")
         sealed = [p for p in await self._partitions(conn) if p[2] <= last + 1]
-        for name, *_ in sealed:
+        for i, (name, *_) in enumerate(sealed):
             if name not in self._sealed_rows:
-                self._sealed_rows[name] = await conn.fetchval(f'SELECT count(*) FROM "{name}"')
+                if (rows := await self._settled_count(conn, name)) is None:
+                    sealed = sealed[:i]  # this one and the newer ones are still being written
+                    break
+                self._sealed_rows[name] = rows
         newer = sum(self._sealed_rows[name] for name, *_ in sealed[1:])
         for i, (name, first_id, end_id) in enumerate(sealed[:-1]):
             if newer < self.retain:
@@ -379,6 +382,19 @@ class PostgresReplay:
             log.info("dropped partition %s (ids %d to %d: %d positions of %d games); at least %d positions kept",
                      name, first_id, end_id - 1, part.rows, part.games, newer)
             newer -= self._sealed_rows[sealed[i + 1][0]]  # what is newer than the next one
+
+    async def _settled_count(self, conn, name: str) -> int | None:
+        """The rows of a partition the sequence has passed, once no transaction writes into
+        it any more; None while one does. The sequence hands out ids before their rows
+        commit, so a count taken then would miss them, and it is kept for good. A writer
+        holds ROW EXCLUSIVE on every partition it has put a row in until it commits;
+        SHARE conflicts with that, and NOWAIT makes a busy partition wait for the next pass."""
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{name}" IN SHARE MODE NOWAIT')
+                return await conn.fetchval(f'SELECT count(*) FROM "{name}"')
+        except asyncpg.LockNotAvailableError:
+            return None
 
     async def _prune_ledger(self, conn) -> None:
         """Forget batch ids stored more than the horizon before the newest one, a chunk
