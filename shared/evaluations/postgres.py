@@ -14,7 +14,9 @@ from shared.evaluations import (
 from shared.games import get_game
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
-from shared.replay.postgres import MIGRATION_LOCK, UNAVAILABLE, PostgresReplay, may_create, refusing_untrusted
+from shared.replay.postgres import (
+    MIGRATION_LOCK, UNAVAILABLE, PostgresReplay, add_missing_columns, may_create, refusing_untrusted,
+)
 from shared.retry import Link, reach
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,8 @@ class PostgresEvaluations:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)  # the replay's lock
                 await conn.execute(table_sql("double precision", "bigserial PRIMARY KEY"))
-                # Checked first: ALTER TABLE takes its lock even when there is nothing to add.
-                have = {r["attname"] for r in await conn.fetch(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = 'evaluations'::regclass AND attnum > 0")}
-                for name in ADDED_EVALUATION_COLUMNS:
-                    if name not in have:
-                        await conn.execute(f"ALTER TABLE evaluations ADD COLUMN {name} double precision")
+                await add_missing_columns(conn, "evaluations",
+                                          dict.fromkeys(ADDED_EVALUATION_COLUMNS, "double precision"))
         return self
 
     async def __aexit__(self, *exc) -> None:

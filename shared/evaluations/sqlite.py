@@ -14,6 +14,7 @@ from shared.evaluations import (
 )
 from shared.model_store import ServingPointer
 from shared.replay import ReplayUnavailable
+from shared.replay.sqlite import add_missing_columns
 from shared.retry import Link
 from shared.threads import to_thread_to_completion
 
@@ -45,10 +46,7 @@ class SqliteEvaluations:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            have = {r[1] for r in db.execute("PRAGMA table_info(evaluations)").fetchall()}
-            for name in ADDED_EVALUATION_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE evaluations ADD COLUMN {name} REAL")
+            add_missing_columns(db, "evaluations", dict.fromkeys(ADDED_EVALUATION_COLUMNS, "REAL"))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

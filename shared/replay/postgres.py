@@ -100,6 +100,18 @@ async def may_create(pool: asyncpg.Pool) -> bool:
     return bool(await pool.fetchval("SELECT has_schema_privilege(current_schema(), 'CREATE')"))
 
 
+async def add_missing_columns(conn, table: str, columns: dict[str, str]) -> None:
+    """Add the `columns` (name -> SQL type) that a table from an earlier release lacks
+    (checked first: ALTER TABLE takes its lock even when there is nothing to add).
+    `table` as it appears in SQL (quoted if need be)."""
+    have = {r["attname"] for r in await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", table)}
+    for name, kind in columns.items():
+        if name not in have:
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            log.info("table %s: added column %s", table, name)
+
+
 class PostgresReplay:
     def __init__(self, storage: StorageConfig, game: Game):
         self.url = storage.postgres_url
@@ -202,7 +214,7 @@ class PostgresReplay:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             kind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", self.table)
             if kind is not None:
-                await self._add_columns(conn)
+                await add_missing_columns(conn, self.table, ADDED_COLUMNS)
             if kind == "r":
                 await self._partition_existing(conn)
             elif kind is None:
@@ -230,16 +242,6 @@ class PostgresReplay:
             """)
         await self._make_room(0)
 
-    async def _add_columns(self, conn) -> None:
-        """Add what a table from an earlier release lacks (checked first: ALTER TABLE
-        takes its lock even when there is nothing to add)."""
-        have = {r["attname"] for r in await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
-            self.table)}
-        for name, kind in ADDED_COLUMNS.items():
-            if name not in have:
-                await conn.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {kind}")
-                log.info("table %s: added column %s", self.name, name)
 
     def _create_parent_sql(self) -> str:
         return f"""

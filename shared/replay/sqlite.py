@@ -36,6 +36,15 @@ SETUP_ATTEMPTS = 15
 LEDGER_PRUNE_CHUNK = 10_000  # ledger rows per DELETE, at most one per retention pass
 
 
+def add_missing_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the `columns` (name -> SQL type) that a table from an earlier release lacks."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            log.info("table %s: added column %s", table, name)
+
+
 class SqliteReplay:
     def __init__(self, storage: StorageConfig, game: Game):
         self.path = Path(storage.sqlite_path)
@@ -85,11 +94,7 @@ class SqliteReplay:
                 rows INTEGER NOT NULL, positions INTEGER NOT NULL, games INTEGER NOT NULL,
                 dropped_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
         """)
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({self.table})")}
-        for name, kind in ADDED_COLUMNS.items():
-            if name not in have:
-                db.execute(f"ALTER TABLE {self.table} ADD COLUMN {name} {kind}")
-                log.info("table %s: added column %s", self.table, name)
+        add_missing_columns(db, self.table, ADDED_COLUMNS)
 
     async def _run(self, fn, *args):
         # Locked, busy or gone: raised to callers as ReplayUnavailable.
