@@ -74,3 +74,23 @@ def test_eval_measures_a_model_file_once(tmp_path, capsys):
     assert set(result["optimal_pct"]) == {"early", "mid", "late"}
     assert result["games"] == 10  # one pair of openings against each of the five anchors and result["rating_error"] > 0
     assert any(line.startswith("optimal moves, raw policy") for line in out)
+
+
+def row(version: int, rating: float | None, fitted: bool) -> dict:
+    stages = {"early": 50.0, "mid": None, "late": 90.0}
+    return {"version": version, "step": 1000 * version, "status": "ok", "reason": "", "published_at": None,
+            "rating": rating, "rating_error": None if rating is None else 40.0, "rating_fitted": fitted,
+            "games": 12 if fitted else 0, "gain": None, "gain_error": None, "optimal_pct": stages,
+            "policy_optimal_pct": stages, "served": version == 3}
+
+
+def test_format_table_marks_stored_ratings_and_shows_a_dash_for_none():
+    """A version out of the fit shows the rating stored at its evaluation (`*`), or `-` if it has none."""
+    lines = ratings.format_table([row(1, None, False), row(2, 1100.4, False), row(3, 1250.0, True)]).splitlines()
+    assert lines[1].split()[:4] == ["1", "1000", "-", "-"] and "*" not in lines[1]  # published, rating
+    assert "1100 ± 40*" in lines[2]
+    assert "1250 ± 40 " in lines[3] and "*" not in lines[3] and lines[3].endswith("<- served")
+    assert "50/-/90" in lines[3]
+    assert lines[-1].startswith("* as rated right after its own games")
+    without_stored = ratings.format_table([row(1, None, False), row(3, 1250.0, True)]).splitlines()
+    assert not without_stored[-1].startswith("*")  # no stored rating shown: no footnote
