@@ -109,7 +109,7 @@ async def add_missing_columns(conn, table: str, columns: dict[str, str]) -> None
     for name, kind in columns.items():
         if name not in have:
             await conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-            log.info("table %s: added column %s", table, name)
+            log.info("table %s: added column %s", table.strip('"'), name)
 
 
 class PostgresReplay:
@@ -241,7 +241,6 @@ class PostgresReplay:
                 );
             """)
         await self._make_room(0)
-
 
     def _create_parent_sql(self) -> str:
         return f"""
