@@ -143,6 +143,13 @@ class TrainingConfig(_Section):
     """Adam learning rate."""
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
     """L2 penalty on the weights."""
+    average_decay: Annotated[float, Meta(ge=0, lt=1)] = 0.0
+    """Publish an exponential moving average of the weights instead of the newest ones
+    (KataGo publishes averages too): after every step the average moves `1 - decay` of the
+    way to the weights (with a warm-up: at most `(1 + n) / (10 + n)` after n steps, so the
+    random start is soon forgotten). Training goes on with the newest weights; only the
+    published models (and the checkpoint, which keeps both) see the average. 0: off; 0.998
+    averages over about the last 500 steps."""
     min_transitions: PositiveInt = 5000
     """Positions the replay buffer must hold before training starts."""
     window_size: PositiveInt = 200_000

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from services.trainer.average import WeightAverage, warmed_up_decay
 from services.trainer.learner import Batch, Checkpoint, train_step
 from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
@@ -16,6 +17,7 @@ from services.trainer.window import ReplayWindow, Taper, merge_duplicates
 from shared.bus import MemoryBus
 from shared.config import TrainingConfig
 from shared.games import get_game
+from shared.inference import OnnxEvaluator
 from shared.messages import ModelPublished, decode_event
 from shared.model_store import open_model_store
 from shared.replay import open_replay
@@ -262,3 +264,53 @@ def test_checkpoint_round_trip_uses_weights_only():
     back = Checkpoint.from_bytes(data)
     assert (back.step, back.version, back.data_cursor) == (7, 3, 42)
     assert torch.equal(back.model["weight"], model.weight.detach())
+
+
+def test_the_average_decay_warms_up_from_the_first_steps():
+    assert [warmed_up_decay(0.998, n) for n in (0, 1, 90)] == [0.1, 2 / 11, 0.91]
+    assert warmed_up_decay(0.998, 10_000) == 0.998
+
+
+def test_the_weight_average_moves_by_one_minus_the_decay_and_averages_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    average = WeightAverage(model, decay=0.5)
+    average.update(model)  # the first update copies
+    first = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(average.module.parameters(), first))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()
+    model(torch.randn(8, 3))  # moves the running statistics and counts a batch
+    average.update(model)  # second update: decay min(0.5, 2/11) = 2/11
+    kept = 2 / 11
+    for a, old, new in zip(average.module.parameters(), first, model.parameters()):
+        assert torch.allclose(a, kept * old + (1 - kept) * new)
+    bn, bn_avg = model[1], average.module[1]
+    assert torch.allclose(bn_avg.running_mean, (1 - kept) * bn.running_mean)  # it started at 0
+    assert bn_avg.num_batches_tracked == bn.num_batches_tracked  # counted, not averaged
+    assert average.updates == 2
+
+
+async def test_with_average_decay_the_published_model_is_the_average_and_resumes_with_it(make_config):
+    config = make_config(training={"average_decay": 0.9, "learning_rate": 0.05})
+    await fill_replay(config)
+    trainer = TrainerService(config, bus=MemoryBus())
+    await asyncio.wait_for(trainer.run(cycles=1), 120)
+    obs = TTT.observe(TTT.play(TTT.initial_boards(2), np.array([0, 4]))[0]).astype(np.float32)
+    async with open_model_store(config.storage) as store:
+        _, onnx = await store.get_model("tictactoe", 1, max_bytes=1 << 24)
+        _, data = await store.latest_checkpoint("tictactoe")
+    published, _ = OnnxEvaluator.from_bytes(onnx, TTT, version=1)(obs)
+    with torch.no_grad():
+        averaged = trainer.average.module.eval()(torch.from_numpy(obs))[0].numpy()
+        trained = trainer.model.eval()(torch.from_numpy(obs))[0].numpy()
+    assert np.allclose(published, averaged, atol=1e-4)
+    assert not np.allclose(published, trained, atol=1e-3)  # 5 steps at a high rate move the weights
+
+    checkpoint = Checkpoint.from_bytes(data)
+    assert int(checkpoint.average["n_averaged"]) == 5
+    resumed = TrainerService(config, bus=MemoryBus())
+    await asyncio.wait_for(resumed.run(cycles=1), 120)
+    assert resumed.average.updates == 10  # carried on from the checkpoint's average

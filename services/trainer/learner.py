@@ -49,8 +49,9 @@ def train_step(model: PolicyValueNet, optimizer: torch.optim.Optimizer, batch: B
 
 @dataclass
 class Checkpoint:
-    """The training state to continue from: weights, optimizer, step, version (the
-    window is not in it: a resumed trainer loads the newest positions)."""
+    """The training state to continue from: weights, optimizer, step, version, the
+    weights' average if one is kept (the window is not in it: a resumed trainer loads the
+    newest positions)."""
 
     model: dict
     optimizer: dict
@@ -59,12 +60,14 @@ class Checkpoint:
     # Replay id up to which the window had loaded. Informational: a resumed trainer loads
     # the newest window afresh (see the trainer service).
     data_cursor: int
+    # The published weights' average (`training.average_decay`); None: not averaged.
+    average: dict | None = None
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(
             {"model": self.model, "optimizer": self.optimizer, "step": self.step,
-             "version": self.version, "data_cursor": self.data_cursor},
+             "version": self.version, "data_cursor": self.data_cursor, "average": self.average},
             buffer,
         )
         return buffer.getvalue()

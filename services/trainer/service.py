@@ -4,7 +4,8 @@ Lifecycle: connect to the replay store, model store and broker; resume from the 
 checkpoint (weights, optimizer, step, version); wait until the replay holds
 `min_transitions`; then per cycle:
   refresh the window -> steps to the cycle's end (`first_cycle_steps`, then every
-  `steps_per_iteration`; in a worker thread) -> export ONNX
+  `steps_per_iteration`; in a worker thread) -> export ONNX (of the weights' moving
+  average with `average_decay`)
   -> upload it as the next version -> checkpoint -> publish a model-published event.
 Versions only go up: the next one is above both the checkpoint's and the store's newest,
 and a stored version is never overwritten.
@@ -29,6 +30,7 @@ import time
 import numpy as np
 import torch
 
+from services.trainer.average import WeightAverage
 from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
@@ -86,6 +88,8 @@ class TrainerService:
         self.model = build_network(self.game, config.network).to(self.device)
         t = config.training
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        # What is published: the weights' moving average, or the weights themselves.
+        self.average = WeightAverage(self.model, t.average_decay) if t.average_decay else None
         self.window = ReplayWindow(self.game, t.window_size,
                                    drop_uniform_after=t.min_transitions if t.drop_uniform_positions else 0,
                                    search_value_weight=t.search_value_weight,
@@ -153,6 +157,10 @@ class TrainerService:
             self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(checkpoint.optimizer)
             self.step, self.version = checkpoint.step, checkpoint.version
+            # A checkpoint from before averaging was switched on has none: the average's
+            # first update then starts from the resumed weights.
+            if self.average is not None and checkpoint.average is not None:
+                self.average.load_state_dict(checkpoint.average)
             log.info("resumed from checkpoint: model %d, step %d (its window had read the replay up to id %d; "
                      "the window now loads the newest positions)", self.version, self.step, checkpoint.data_cursor)
         # A version may have been claimed or stored after the last checkpoint (a crash in
@@ -207,6 +215,8 @@ class TrainerService:
         for _ in range(steps):
             batch = self.window.sample(self.config.training.batch_size, self.rng)
             losses = train_step(self.model, self.optimizer, batch, self.device)
+            if self.average is not None:
+                self.average.update(self.model)
             self.step += 1
             self.steps_this_run += 1
             self.pace.samples += self.config.training.batch_size
@@ -254,7 +264,8 @@ class TrainerService:
         store and the bus log them)."""
         metrics = recorder()
         started = time.monotonic()
-        onnx_bytes = await asyncio.to_thread(export_onnx, self.model)
+        published = self.average.module if self.average is not None else self.model
+        onnx_bytes = await asyncio.to_thread(export_onnx, published)
         exported_at = time.monotonic()
         info = await retry(lambda: self._put_model(store, self.version + 1, onnx_bytes),
                            what="storing the model", errors=StoreUnavailable, stop=stop)
@@ -265,6 +276,7 @@ class TrainerService:
         checkpoint = Checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             step=self.step, version=version, data_cursor=self.window.last_id,
+            average=self.average.state_dict() if self.average is not None else None,
         )
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
             data = await asyncio.to_thread(checkpoint.to_bytes)
