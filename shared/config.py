@@ -93,6 +93,10 @@ class MCTSConfig(_Section):
     """Value of the best root move (side to move's view) under which it resigns."""
     fpu_reduction: Annotated[float, Meta(ge=0)] = 0.25
     """First-play urgency: unvisited children start at the parent's value minus this."""
+    fpu_at_noisy_root: bool = True
+    """Whether `fpu_reduction` applies at a root that got Dirichlet noise too. False
+    (KataGo's choice): that root's unvisited moves start at the root's own value, so the
+    moves the noise favours do get tried; everywhere else `fpu_reduction` applies."""
     full_search_fraction: Probability = 1.0
     """Playout cap randomisation (KataGo), in self-play: the fraction of moves searched
     with `num_simulations` and root noise, whose visit distributions are the policy

@@ -7,7 +7,8 @@ It follows `BatchedMCTS`'s rules exactly, so the two can be compared visit for v
   child exists and is not terminal;
 - PUCT at a node (edge statistics from the side to move at that node):
   `parent_q = (node_value + sum w) / (sum n + 1)`; `q = w / n`, or `parent_q -
-  fpu_reduction` for an unvisited edge; `u = c_puct * prior * sqrt(sum n + 1) / (1 + n)`;
+  fpu_reduction` for an unvisited edge (no reduction at a root that got noise when
+  `fpu_at_noisy_root` is off); `u = c_puct * prior * sqrt(sum n + 1) / (1 + n)`;
   illegal moves score -inf; ties go to the lowest action (numpy argmax);
 - a new leaf gets `priors = softmax(logits)` over its legal moves and `node_value` = the
   network's value; a new child that ends the game is terminal, worth -1 (its side to move
@@ -60,11 +61,11 @@ def mix_noise(prior: np.ndarray, legal: np.ndarray, noise: np.ndarray, eps: floa
     return ((1 - eps) * prior + eps * noise).astype(np.float32)
 
 
-def puct_choice(node: Node, cfg: MCTSConfig) -> int:
+def puct_choice(node: Node, cfg: MCTSConfig, fpu_reduction: float) -> int:
     n, w = node.n, node.w
     n_total = n.sum()
     parent_q = (node.value + w.sum()) / (n_total + 1)
-    q = np.where(n > 0, w / np.maximum(n, 1), parent_q - cfg.fpu_reduction)
+    q = np.where(n > 0, w / np.maximum(n, 1), parent_q - fpu_reduction)
     u = cfg.c_puct * node.prior * (np.sqrt(n_total + 1) / (1 + n))
     score = np.where(node.legal, q + u, -np.inf)
     return int(np.argmax(score))
@@ -77,6 +78,7 @@ class ReferenceMCTS:
     def __init__(self, game, cfg: MCTSConfig, evaluator):
         self.game, self.cfg, self.evaluator = game, cfg, evaluator
         self.root: Node | None = None
+        self.root_noised = False
         self.evaluations = 0
 
     # -- tree ---------------------------------------------------------------------
@@ -107,7 +109,8 @@ class ReferenceMCTS:
     def simulate(self) -> None:
         node, path = self.root, []
         while True:
-            a = puct_choice(node, self.cfg)
+            plain = node is not self.root or not self.root_noised or self.cfg.fpu_at_noisy_root
+            a = puct_choice(node, self.cfg, self.cfg.fpu_reduction if plain else 0.0)
             path.append((node, a))
             child = node.children.get(a)
             if child is None:
@@ -147,7 +150,8 @@ class ReferenceMCTS:
         return node.value
 
     def _noise(self, noise: np.ndarray | None) -> None:
-        if noise is not None and self.cfg.dirichlet_epsilon > 0:
+        self.root_noised = noise is not None and self.cfg.dirichlet_epsilon > 0
+        if self.root_noised:
             r = self.root
             r.prior = mix_noise(r.prior, r.legal, noise, self.cfg.dirichlet_epsilon)
 

@@ -105,10 +105,26 @@ TTT_POSITIONS = ["", "5", "15", "1529", "152", "15397", "1234", "95"]
 C4_POSITIONS = ["", "4", "4453", "112233", "717263", "727364", "135564772", "4525455135342172", "1111112"]
 
 
+def test_without_fpu_at_a_noisy_root_its_unvisited_moves_get_tried_sooner():
+    def root_visits(**params):
+        cfg = MCTSConfig(num_simulations=50, dirichlet_epsilon=0.25, fpu_reduction=0.5, **params)
+        search = BatchedMCTS(C4, cfg, len(C4_POSITIONS), np.random.default_rng(0))
+        search.rng = FixedNoise(noise_table(len(C4_POSITIONS), C4.num_actions, seed=3))
+        search.start(np.arange(len(C4_POSITIONS)), boards_of(C4, C4_POSITIONS))
+        run(search, HashEvaluator(C4, seed=3))
+        return search.tree.edge_visits[:, 0]
+
+    reduced, plain = root_visits(), root_visits(fpu_at_noisy_root=False)
+    # More root moves tried at least once, in every position, and more in some.
+    tried = lambda visits: (visits > 0).sum(axis=1)
+    assert (tried(plain) >= tried(reduced)).all() and (tried(plain) > tried(reduced)).any()
+
+
 @pytest.mark.parametrize("game, positions", [(TTT, TTT_POSITIONS), (C4, C4_POSITIONS)], ids=["tictactoe", "connect4"])
 @pytest.mark.parametrize("sims", [10, 23, 50])
 @pytest.mark.parametrize("noise", [False, True], ids=["no-noise", "noise"])
-@pytest.mark.parametrize("params", [{}, {"c_puct": 0.6, "fpu_reduction": 0.0}], ids=["default", "c0.6-fpu0"])
+@pytest.mark.parametrize("params", [{}, {"c_puct": 0.6, "fpu_reduction": 0.0}, {"fpu_at_noisy_root": False}],
+                         ids=["default", "c0.6-fpu0", "no-fpu-at-noisy-root"])
 def test_batched_search_matches_reference(game, positions, sims, noise, params):
     cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.25 if noise else 0.0, **params)
     evaluator = HashEvaluator(game, seed=sims)

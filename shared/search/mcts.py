@@ -186,9 +186,13 @@ class BatchedMCTS:
         n = t.edge_visits[idx, node]
         w = t.edge_value[idx, node]
         n_total = n.sum(axis=1)
-        # First-play urgency: an unvisited move is worth the node's own value, less a bit.
+        # First-play urgency: an unvisited move is worth the node's own value, less a bit
+        # (at a noisy root, with `fpu_at_noisy_root` off, nothing less).
         parent_q = (t.node_value[idx, node] + w.sum(axis=1)) / (n_total + 1)
-        q = np.where(n > 0, w / np.maximum(n, 1), (parent_q - cfg.fpu_reduction)[:, None])
+        reduction = cfg.fpu_reduction
+        if not cfg.fpu_at_noisy_root:
+            reduction = np.where((node == 0) & self.noise[idx], 0.0, reduction)
+        q = np.where(n > 0, w / np.maximum(n, 1), (parent_q - reduction)[:, None])
         u = cfg.c_puct * t.prior[idx, node] * (np.sqrt(n_total + 1)[:, None] / (1 + n))
         score = np.where(t.legal[idx, node], q + u, -np.inf)
         return score.argmax(axis=1).astype(np.int32)
