@@ -29,7 +29,6 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         if not 0 < decay < 1:
             raise ValueError(f"weight average decay must be in (0, 1), got {decay}")
-        self.decay = decay
 
         def blend(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
             weight = 1.0 - warmed_up_decay(decay, int(updates))
