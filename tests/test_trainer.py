@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from services.trainer.average import WeightAverage, warmed_up_decay
@@ -15,7 +16,7 @@ from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow, Taper, merge_duplicates
 from shared.bus import MemoryBus
-from shared.config import TrainingConfig
+from shared.config import ConfigError, TrainingConfig, load_config
 from shared.games import get_game
 from shared.inference import OnnxEvaluator
 from shared.messages import ModelPublished, decode_event
@@ -269,6 +270,13 @@ def test_checkpoint_round_trip_uses_weights_only():
 def test_the_average_decay_warms_up_from_the_first_steps():
     assert [warmed_up_decay(0.998, n) for n in (0, 1, 90)] == [0.1, 2 / 11, 0.91]
     assert warmed_up_decay(0.998, 10_000) == 0.998
+
+
+def test_an_average_decay_of_one_or_more_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="average_decay"):
+        load_config(environ={"CARTRIDGE_TRAINING_AVERAGE_DECAY": "1.0"})
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightAverage(torch.nn.Linear(2, 2), 1.0)
 
 
 def test_the_weight_average_moves_by_one_minus_the_decay_and_averages_batchnorm_statistics():
