@@ -144,7 +144,14 @@ class TrainingConfig(_Section):
     batch_size: PositiveInt = 256
     """Positions per optimizer step."""
     learning_rate: PositiveFloat = 1e-3
-    """Adam learning rate."""
+    """Adam learning rate (the schedule's start with `learning_rate_decay_steps`)."""
+    learning_rate_decay_steps: NonNegInt = 0
+    """Steps over which the learning rate falls along a half cosine from `learning_rate`
+    to `learning_rate * learning_rate_floor`, staying there afterwards. The schedule is a
+    function of the training step: a resumed trainer carries on along it. 0: constant."""
+    learning_rate_floor: Probability = 0.1
+    """With `learning_rate_decay_steps`: the final learning rate, as a fraction of
+    `learning_rate`."""
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
     """L2 penalty on the weights."""
     average_decay: Annotated[float, Meta(ge=0, lt=1)] = 0.0

@@ -12,6 +12,7 @@ import torch
 
 from services.trainer.average import WeightAverage, warmed_up_decay
 from services.trainer.learner import Batch, Checkpoint, train_step
+from services.trainer.schedule import learning_rate
 from services.trainer.network import PolicyValueNet
 from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow, Taper, merge_duplicates
@@ -76,6 +77,33 @@ async def test_the_first_cycle_publishes_after_first_cycle_steps(make_config):
     await asyncio.wait_for(trainer.run(cycles=2), 120)
     async with open_model_store(config.storage) as store:
         assert [(await store.get_model("tictactoe", v, max_bytes=1 << 24))[0].step for v in (1, 2)] == [2, 7]
+
+
+def test_the_learning_rate_falls_along_a_half_cosine_to_its_floor():
+    t = TrainingConfig(learning_rate=0.01, learning_rate_decay_steps=100, learning_rate_floor=0.2)
+    assert learning_rate(0, t) == pytest.approx(0.01)
+    assert learning_rate(50, t) == pytest.approx(0.006)  # halfway between 0.01 and the floor 0.002
+    assert learning_rate(25, t) > learning_rate(50, t) > learning_rate(75, t) > 0.002
+    assert learning_rate(100, t) == pytest.approx(0.002)
+    assert learning_rate(10_000, t) == pytest.approx(0.002)
+    assert learning_rate(10_000, TrainingConfig(learning_rate=0.01)) == 0.01  # no decay steps: constant
+
+
+async def test_a_resumed_trainer_trains_on_with_the_configs_rate_and_decay_not_the_checkpoints(make_config):
+    config = make_config(training={"learning_rate": 0.01})
+    await fill_replay(config)
+    await asyncio.wait_for(TrainerService(config, bus=MemoryBus()).run(cycles=1), 120)
+
+    changed = make_config(training={"learning_rate": 0.02, "learning_rate_decay_steps": 20,
+                                    "learning_rate_floor": 0.5, "weight_decay": 0.003})
+    resumed = TrainerService(changed, bus=MemoryBus())
+    await asyncio.wait_for(resumed.run(cycles=1), 120)
+    assert resumed.step == 10
+    group = resumed.optimizer.param_groups[0]
+    # Step 9 (the last one) ran at the schedule's rate for step 9: 0.02 falling towards 0.01.
+    assert group["lr"] == pytest.approx(learning_rate(9, changed.training))
+    assert 0.01 < group["lr"] < 0.02
+    assert group["weight_decay"] == 0.003
 
 
 async def test_a_version_stored_after_the_checkpoint_is_never_reused(make_config):

@@ -35,6 +35,7 @@ from services.trainer.export import export_onnx
 from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.pace import SamplePace
+from services.trainer.schedule import learning_rate, set_learning_rate
 from services.trainer.window import ReplayWindow, Taper
 from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config, TrainingConfig
@@ -157,6 +158,11 @@ class TrainerService:
             self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(checkpoint.optimizer)
             self.step, self.version = checkpoint.step, checkpoint.version
+            # The config, not the checkpoint, says how to train on: a changed weight decay
+            # or learning rate applies at once (the rate is set again before every step).
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.config.training.weight_decay
+            set_learning_rate(self.optimizer, learning_rate(self.step, self.config.training))
             # A checkpoint from before averaging was switched on has none: the average's
             # first update then starts from the resumed weights.
             if self.average is not None and checkpoint.average is not None:
@@ -212,14 +218,16 @@ class TrainerService:
 
     def _train(self, steps: int) -> StepLosses:
         losses = None
+        t = self.config.training
         for _ in range(steps):
-            batch = self.window.sample(self.config.training.batch_size, self.rng)
+            set_learning_rate(self.optimizer, learning_rate(self.step, t))
+            batch = self.window.sample(t.batch_size, self.rng)
             losses = train_step(self.model, self.optimizer, batch, self.device)
             if self.average is not None:
                 self.average.update(self.model)
             self.step += 1
             self.steps_this_run += 1
-            self.pace.samples += self.config.training.batch_size
+            self.pace.samples += t.batch_size
         return losses
 
     async def _announce_pace(self) -> None:
