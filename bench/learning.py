@@ -21,6 +21,7 @@ hosts differ by it as much as by most levers).
 
     .venv/bin/python bench/learning.py [--minutes 60] [--actors 2] [--set section.key=value ...]
     .venv/bin/python bench/learning.py --rescore --dir runs/learning-...   # score a finished run again
+    .venv/bin/python bench/learning.py --rescore --at 30 --dir runs/learning-...   # its model of minute 30
 """
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ def follow(proc: subprocess.Popen, log_path: Path, curve_path: Path, started: fl
     return curve
 
 
-async def gain_over_run(config: Config) -> dict | None:
-    """The newest rated version's rating minus the first's, with the error of the
-    difference (the two share the anchors' uncertainty, so it is much smaller)."""
+async def gain_over_run(config: Config, upto: int) -> dict | None:
+    """The rating of the newest rated version up to `upto` minus the first's, with the
+    error of the difference (the two share the anchors' uncertainty, so it is much smaller)."""
     env = config.common.env_id
     async with open_evaluations(config.storage) as results:
-        rated = [e.version for e in await results.evaluations(env) if e.status == "ok"]
+        rated = [e.version for e in await results.evaluations(env) if e.status == "ok" and e.version <= upto]
         ratings = fit(await stored_records(results, env, 1), config.eval.prior_draws)  # every version
     if len(rated) < 2:
         return None
@@ -204,6 +205,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--rescore", action="store_true",
                         help="do not run: score the run already in --dir again (after a crash or a change of yardstick)")
+    parser.add_argument("--at", type=float, metavar="MINUTES",
+                        help="score the newest model published by this minute of the run instead of the run's "
+                             "newest (with --rescore: an hour's run gives its 30-minute figures too)")
     args = parser.parse_args()
     if args.rescore:
         if not args.dir:
@@ -229,18 +233,26 @@ def main() -> None:
                          "policy_optimal_pct": r["policy_optimal_pct"]})
     (run_dir / "versions.json").write_text(json.dumps(versions, indent=1))
 
+    minutes, scored = args.minutes, newest
+    if args.at is not None:
+        minutes = args.at
+        published = [v["version"] for v in versions if v["minutes"] is not None and v["minutes"] <= minutes]
+        if not published:
+            sys.exit(f"learning: no model was published by minute {minutes:g} of {run_dir}")
+        scored = max(published)
+        print(f"learning: scoring model {scored}, the newest published by minute {minutes:g}")
     every = {"positions": 1 << 30}  # all labelled positions, for the final figures
-    evaluator = asyncio.run(load_model(config, game, "latest"))
+    evaluator = asyncio.run(load_model(config, game, str(scored) if scored else "latest"))
     accuracy = measure(game, evaluator, msgspec.structs.replace(config.eval, **every), config.mcts)
-    last = next((v for v in reversed(versions) if v["version"] == newest), {})
-    end = curve[-1] if curve else {"positions": 0, "steps": 0}
-    model = run_dir / config.storage.local_model_dir / model_key(game.env_id, newest) if newest else None
+    last = next((v for v in reversed(versions) if v["version"] == scored), {})
+    end = at(curve, minutes) if args.at is not None else curve[-1] if curve else {"positions": 0, "steps": 0}
+    model = run_dir / config.storage.local_model_dir / model_key(game.env_id, scored) if scored else None
     print(json.dumps({
-        "minutes": args.minutes, "optimal_pct": accuracy.optimal_pct("search"),
+        "minutes": minutes, "optimal_pct": accuracy.optimal_pct("search"),
         "policy_optimal_pct": accuracy.optimal_pct("policy"), "rating": last.get("rating"),
-        "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config)),
+        "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config, scored)),
         "positions": end["positions"], "steps": end["steps"],
-        "versions": newest, "model": str(model) if model else None, "run_dir": str(run_dir), "host": host,
+        "versions": scored, "model": str(model) if model else None, "run_dir": str(run_dir), "host": host,
     }))
 
 
