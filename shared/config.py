@@ -91,6 +91,12 @@ class MCTSConfig(_Section):
     """Let a side resign when its best move's value falls below `resign_threshold`."""
     resign_threshold: Annotated[float, Meta(ge=-1, le=0)] = -0.95
     """Value of the best root move (side to move's view) under which it resigns."""
+    discount: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    """Per-ply discount of game results, in the search's backups and in self-play's value
+    targets alike: a win k plies ahead is worth `discount ** k`, a loss `-discount ** k`,
+    so search and network prefer faster wins and slower losses (what a solver calls
+    the best move). 1: a win is worth 1 however far off (AlphaZero). Values (and so
+    `resign_threshold`) then shrink with the distance to the end."""
     fpu_reduction: Annotated[float, Meta(ge=0)] = 0.25
     """First-play urgency: unvisited children start at the parent's value minus this."""
     fpu_at_noisy_root: bool = True

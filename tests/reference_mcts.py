@@ -14,7 +14,7 @@ It follows `BatchedMCTS`'s rules exactly, so the two can be compared visit for v
   network's value; a new child that ends the game is terminal, worth -1 (its side to move
   lost) or 0 (draw), and is never evaluated;
 - backup: the leaf's value `v` is from its side to move; the edge just above it gets
-  `-v`, the next `+v`, alternating up to the root;
+  `-d * v`, the next `+d**2 * v`, alternating up to the root (`d`: `discount`);
 - root noise: `prior = (1 - eps) * prior + eps * noise`, the noise multiplied by the
   legal mask and normalised; the caller passes the noise (no random numbers in here).
 
@@ -127,11 +127,12 @@ class ReferenceMCTS:
                 leaf_value = child.terminal_value
                 break
             node = child
-        # The edge just above the leaf belongs to the leaf's opponent: -v, then +v, ...
+        # The edge just above the leaf belongs to the leaf's opponent: -v, then +v, ...,
+        # each k + 1 plies above the leaf discounted by discount ** (k + 1).
         for k, (node, a) in enumerate(reversed(path)):
             sign = np.float32(-1.0 if k % 2 == 0 else 1.0)
             node.n[a] += 1
-            node.w[a] += sign * leaf_value
+            node.w[a] += sign * np.float32(self.cfg.discount ** (k + 1)) * leaf_value
 
     # -- results ------------------------------------------------------------------
     def root_value(self) -> float:

@@ -123,8 +123,9 @@ def test_without_fpu_at_a_noisy_root_its_unvisited_moves_get_tried_sooner():
 @pytest.mark.parametrize("game, positions", [(TTT, TTT_POSITIONS), (C4, C4_POSITIONS)], ids=["tictactoe", "connect4"])
 @pytest.mark.parametrize("sims", [10, 23, 50])
 @pytest.mark.parametrize("noise", [False, True], ids=["no-noise", "noise"])
-@pytest.mark.parametrize("params", [{}, {"c_puct": 0.6, "fpu_reduction": 0.0}, {"fpu_at_noisy_root": False}],
-                         ids=["default", "c0.6-fpu0", "no-fpu-at-noisy-root"])
+@pytest.mark.parametrize("params", [{}, {"c_puct": 0.6, "fpu_reduction": 0.0}, {"fpu_at_noisy_root": False},
+                                    {"discount": 0.9}],
+                         ids=["default", "c0.6-fpu0", "no-fpu-at-noisy-root", "discount0.9"])
 def test_batched_search_matches_reference(game, positions, sims, noise, params):
     cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.25 if noise else 0.0, **params)
     evaluator = HashEvaluator(game, seed=sims)
@@ -221,8 +222,8 @@ def test_noise_changes_the_root_priors_exactly_as_specified():
 
 
 # -- tactics and value signs with a uniform evaluator ----------------------------------------
-def uniform_search(game, positions, sims=200):
-    cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.0)
+def uniform_search(game, positions, sims=200, **params):
+    cfg = MCTSConfig(num_simulations=sims, dirichlet_epsilon=0.0, **params)
     search = BatchedMCTS(game, cfg, len(positions), np.random.default_rng(0))
     search.start(np.arange(len(positions)), boards_of(game, positions))
     run(search, UniformEvaluator(game))
@@ -265,6 +266,12 @@ def test_root_value_sign(game, won, lost):
     for i, position in enumerate(lost, start=len(won)):
         assert values[i] < -0.5, (position, values[i])
         assert q[i] < -0.5
+
+
+def test_a_discounted_search_values_a_win_by_the_plies_to_it():
+    # 112233: four in a row is one move away (undiscounted, that edge is worth exactly 1).
+    search = uniform_search(C4, ["112233"], discount=0.9)
+    assert search.root_q(np.arange(1))[0] == pytest.approx(0.9)  # the terminal seen one ply above
 
 
 # -- tree reuse --------------------------------------------------------------------------------

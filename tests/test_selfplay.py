@@ -57,6 +57,18 @@ def check_game(game, g):
         assert t.value[-1] == (1.0 if value == -1.0 else 0.0)
 
 
+def test_a_discount_shrinks_each_value_target_by_the_plies_to_the_end():
+    _, finished = selfplay(MCTSConfig(num_simulations=16, discount=0.9), games=8)
+    assert any(g.outcome != 0 for g in finished)
+    for g in finished:
+        n = len(g.transitions)
+        ply = np.arange(n)
+        # The result from each side to move's view, worth 0.9 ** (plies to the end).
+        expected = g.outcome * np.where(ply % 2 == 0, 1.0, -1.0) * 0.9 ** (n - ply)
+        np.testing.assert_allclose(g.transitions.value, expected, rtol=1e-6)
+        assert g.outcome in (-1.0, 0.0, 1.0)  # the outcome itself is not discounted
+
+
 def test_the_search_value_is_the_roots_value_from_the_side_to_move():
     # The uniform evaluator knows nothing but the rules: a position with a winning move
     # is seen as won only by the search, and only from the mover's side.

@@ -180,9 +180,11 @@ class SelfPlay:
         return finished
 
     def _finish(self, slot: int, plies: int, last_value: float, resigned: bool) -> FinishedGame:
-        # Values alternate sign going back one ply at a time.
+        # Results alternate sign going back one ply at a time; the value target is the
+        # result discounted by the plies to the end, as the search backs values up.
         back = plies - 1 - np.arange(plies)
-        value = np.where(back % 2 == 0, last_value, -last_value).astype(np.float32)
+        result = np.where(back % 2 == 0, last_value, -last_value)
+        value = (result * self.config.discount ** (back + 1.0)).astype(np.float32)
         transitions = Transitions(
             game_id=np.repeat(self._game_id[slot][None], plies, axis=0),
             ply=np.arange(plies, dtype=np.int16),
@@ -197,7 +199,7 @@ class SelfPlay:
         return FinishedGame(
             transitions=transitions,
             moves=self.game.format_moves(self._actions[slot, :plies - resigned]),  # a resigner's move is not played
-            outcome=float(value[0]),
+            outcome=float(result[0]),
             resigned=resigned,
         )
 

@@ -46,6 +46,8 @@ class BatchedMCTS:
         # Per step: the edges walked, for the backup.
         self._path_nodes = np.zeros((batch, self.nodes), np.int32)
         self._path_actions = np.zeros((batch, self.nodes), np.int32)
+        # A leaf's value seen k plies above it is worth discount**k of it.
+        self._discount = (config.discount ** np.arange(self.nodes + 1)).astype(np.float32)
 
     # -- trees --------------------------------------------------------------------
     def plan(self, slots: np.ndarray, simulations: np.ndarray, noise: np.ndarray) -> None:
@@ -198,7 +200,8 @@ class BatchedMCTS:
         return score.argmax(axis=1).astype(np.int32)
 
     def _backup(self, slots: np.ndarray, path_len: np.ndarray, values: np.ndarray) -> None:
-        """Add each leaf's value to the edges of its path, from each chooser's view."""
+        """Add each leaf's value to the edges of its path, from each chooser's view,
+        discounted by the plies between them (`discount`)."""
         lengths = path_len[slots]
         depth = np.arange(lengths.max(initial=0))
         on_path = depth[None, :] < lengths[:, None]
@@ -206,11 +209,12 @@ class BatchedMCTS:
         s = slots[rows]
         # The leaf's value is from its side to move; the chooser one edge above is the
         # opponent, so signs alternate from the leaf upwards.
-        sign = np.where((lengths[rows] - cols) % 2 == 1, -1.0, 1.0).astype(np.float32)
+        above = lengths[rows] - cols  # plies from the edge's chooser down to the leaf
+        sign = np.where(above % 2 == 1, -1.0, 1.0).astype(np.float32)
         nodes, actions = self._path_nodes[s, cols], self._path_actions[s, cols]
         # (slot, node, action) is unique within one step: plain fancy += is exact.
         self.tree.edge_visits[s, nodes, actions] += 1
-        self.tree.edge_value[s, nodes, actions] += sign * values[s]
+        self.tree.edge_value[s, nodes, actions] += sign * self._discount[above] * values[s]
 
     def _apply_pending_noise(self, slots: np.ndarray) -> None:
         """Mix Dirichlet noise into the priors of roots that just got them."""
