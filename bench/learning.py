@@ -11,7 +11,9 @@ directory as it comes, so a run cut short still leaves its figures. Afterwards:
 - the newest model is scored on *every* labelled position per stage (the evaluator
   searches a subset), with search (`eval.simulations`, no noise) and with the raw policy.
 Last line: one JSON object with `optimal_pct` and `policy_optimal_pct` (each
-`{"early", "mid", "late"}`, all positions), `rating` and `rating_error` (the newest
+`{"early", "mid", "late"}`, all positions), `keeps_pct` and `policy_keeps_pct` (the
+move keeps a win a win and a draw a draw, over won and drawn positions: the rest of an
+optimal miss is a slower win or a faster loss), `rating` and `rating_error` (the newest
 model's, Elo above random), `rating_gain` (newest minus first rated version, with the error
 of the difference), `positions`, `steps`, `versions`, `minutes`, `model` (the
 newest ONNX file: score it on a position set of your own with `cartridge analyze`),
@@ -249,7 +251,8 @@ def main() -> None:
     model = run_dir / config.storage.local_model_dir / model_key(game.env_id, scored) if scored else None
     print(json.dumps({
         "minutes": minutes, "optimal_pct": accuracy.optimal_pct("search"),
-        "policy_optimal_pct": accuracy.optimal_pct("policy"), "rating": last.get("rating"),
+        "policy_optimal_pct": accuracy.optimal_pct("policy"), "keeps_pct": accuracy.keeps_pct("search"),
+        "policy_keeps_pct": accuracy.keeps_pct("policy"), "rating": last.get("rating"),
         "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config, scored)),
         "positions": end["positions"], "steps": end["steps"],
         "versions": scored, "model": str(model) if model else None, "run_dir": str(run_dir), "host": host,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.evaluator.accuracy import score_moves, score_player, tictactoe_labelled
+from services.evaluator.measure import Accuracy
 from shared.games import get_game
 
 NAN = math.nan
@@ -100,3 +101,12 @@ def test_scoring_a_player_on_the_tictactoe_labels():
     assert 0 < first_free.optimal < 4520 and 0 < first_free.keeps < first_free.decisive
     # Won or drawn (best >= 0) over all positions, recomputed directly.
     assert first_free.decisive == int((np.nanmax(labelled.values, axis=1) >= 0).sum())
+
+
+def test_an_accuracy_reports_optimal_and_keeping_percentages_per_stage():
+    won, mixed, half = score([WON, WON], [0, 1]), score([WON, LOST], [1, 0]), score([WON, DRAWN], [1, 1])
+    accuracy = Accuracy(policy={"early": won, "late": mixed}, search={"early": half, "late": won})
+    assert accuracy.optimal_pct("policy") == {"early": 50.0, "late": 0.0}
+    assert accuracy.keeps_pct("policy") == {"early": 100.0, "late": 100.0}  # a lost row does not count
+    assert accuracy.optimal_pct("search") == {"early": 0.0, "late": 50.0}
+    assert accuracy.keeps_pct("search") == {"early": 50.0, "late": 100.0}  # the slower win keeps, the draw is lost

@@ -33,6 +33,9 @@ class Accuracy(msgspec.Struct, frozen=True):
     def optimal_pct(self, which: str) -> dict[str, float]:
         return {stage: round(s.optimal_pct, 2) for stage, s in getattr(self, which).items()}
 
+    def keeps_pct(self, which: str) -> dict[str, float]:
+        return {stage: round(s.keeps_pct, 2) for stage, s in getattr(self, which).items()}
+
     def as_dict(self) -> dict:
         """The form the results store keeps."""
         return msgspec.to_builtins(self)
