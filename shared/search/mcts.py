@@ -4,7 +4,8 @@ one network call.
 The network is injected (`Evaluator`: observations -> logits, values) and the game is
 injected (`Game`: batched rules), so the search knows neither onnxruntime nor Connect4.
 Each step: select a path in every tree (vectorised over the trees still descending),
-create the leaf nodes, evaluate the non-terminal ones in one batch, back the values up.
+create the leaf nodes, evaluate the non-terminal ones in one batch, back the values up
+(with `discount` below 1, shrunk by `discount` per ply they travel).
 """
 
 from __future__ import annotations
