@@ -247,7 +247,7 @@ def main() -> None:
     evaluator = asyncio.run(load_model(config, game, str(scored) if scored else "latest"))
     accuracy = measure(game, evaluator, msgspec.structs.replace(config.eval, **every), config.mcts)
     last = next((v for v in reversed(versions) if v["version"] == scored), {})
-    end = at(curve, minutes) if args.at is not None else curve[-1] if curve else {"positions": 0, "steps": 0}
+    end = at(curve, minutes if args.at is not None else float("inf"))  # the run's last row unless --at
     model = run_dir / config.storage.local_model_dir / model_key(game.env_id, scored) if scored else None
     print(json.dumps({
         "minutes": minutes, "optimal_pct": accuracy.optimal_pct("search"),

@@ -12,8 +12,8 @@ import torch
 
 from services.trainer.average import WeightAverage, warmed_up_decay
 from services.trainer.learner import Batch, Checkpoint, train_step
-from services.trainer.schedule import learning_rate
 from services.trainer.network import PolicyValueNet
+from services.trainer.schedule import learning_rate
 from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow, Taper, merge_duplicates
 from shared.bus import MemoryBus
