@@ -1,53 +1,53 @@
-"""`cartridge arena`: how strong is a model? Play it against a fixed opponent.
+"""`cartridge arena`: how strong is a model? Play it against a fixed opponent or another model.
 
     cartridge arena --model latest --opponent random --games 100
-    cartridge arena --model runs/model.onnx --opponent one-ply --sims 200
+    cartridge arena --model runs/a.onnx --opponent runs/b.onnx --games 400 --sims 50
+    cartridge arena --model runs/a.onnx --opponent runs/b.onnx --opponent-set mcts.discount=1
 
 The model searches `--sims` simulations per move without noise and plays its most
-visited move; the sides alternate who starts. Opponents: `random` (uniform legal move),
-`one-ply` (takes a win, else blocks an immediate loss, else random), or another ONNX file.
-All games run together, one batched search per model move.
+visited move. Opponents: the evaluator's anchors (`random`: a uniform legal move;
+`one-ply`: takes a win, else blocks an immediate loss, else random; `alphabeta-<depth>`:
+a depth-limited solver), or another model (an ONNX file or a version) searching alike,
+with the config's `[mcts]` plus any `--opponent-set`. Every game starts with
+`--opening-plies` uniformly random moves and each opening is played twice, colours
+swapped, as in the evaluator's rating games: two searches without noise are
+deterministic, so without openings two models would play the same two games over and
+over. All games run together, one batched search per move.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from shared.config import Config, MCTSConfig
+from services.evaluator.match import ALPHABETA_PREFIX, anchor_player, play_games
+from shared.config import Config
 from shared.games import Game, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.players import Player, one_ply_player, random_player, search_player
+from shared.players import search_player
 from shared.service import base_parser, load_command_config
 
 
-def play_match(game: Game, model: Player, opponent: Player, games: int) -> dict[str, int]:
-    """Model's wins, draws and losses over `games` games; it starts the even-numbered ones."""
-    boards = game.initial_boards(games)
-    model_first = np.arange(games) % 2 == 0
-    result = np.zeros(games)  # +1 model won, -1 lost, 0 draw
-    live = np.ones(games, bool)
-    ply = 0
-    while live.any():
-        model_moves = live & (model_first == (ply % 2 == 0))
-        for is_model, who, player in ((True, model_moves, model), (False, live & ~model_moves, opponent)):
-            rows = np.flatnonzero(who)
-            if not len(rows):
-                continue
-            actions = player(boards[rows])
-            after, done, value = game.play(boards[rows], actions)
-            boards[rows] = after
-            ended = rows[done]
-            # value < 0: whoever just moved won.
-            won = value[done] < 0
-            result[ended] = np.where(won, 1 if is_model else -1, 0)
-            live[ended] = False
-        ply += 1
-    return {"wins": int((result > 0).sum()), "draws": int((result == 0).sum()), "losses": int((result < 0).sum())}
+def elo(score: float) -> float:
+    """Elo difference that expects `score` (0-1); clipped so a clean sweep stays finite."""
+    score = min(max(score, 0.001), 0.999)
+    return -400 * math.log10(1 / score - 1)
+
+
+def match_summary(scores: np.ndarray) -> dict:
+    """Wins, draws, losses, mean score and the Elo difference it implies, with the
+    difference one standard error of the score either side gives."""
+    mean = float(scores.mean())
+    error = float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
+    return {"wins": int((scores == 1).sum()), "draws": int((scores == 0.5).sum()),
+            "losses": int((scores == 0).sum()), "score": round(mean, 4), "elo": round(elo(mean)),
+            "elo_low": round(elo(mean - error)), "elo_high": round(elo(mean + error))}
 
 
 async def load_model(config: Config, game: Game, which: str) -> Evaluator:
@@ -68,28 +68,46 @@ async def load_model(config: Config, game: Game, which: str) -> Evaluator:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("cartridge arena", __doc__.splitlines()[0])
     parser.add_argument("--model", default="latest", help="'latest', a version number, an ONNX file, or 'uniform'")
-    parser.add_argument("--opponent", default="random", help="'random', 'one-ply', or an ONNX file")
-    parser.add_argument("--games", type=int, default=100)
-    parser.add_argument("--sims", type=int, default=200, help="model simulations per move")
+    parser.add_argument("--opponent", default="random",
+                        help="'random', 'one-ply', 'alphabeta-<depth>', or a model as --model takes it")
+    parser.add_argument("--opponent-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key for the opponent's search only (e.g. mcts.discount=1)")
+    parser.add_argument("--games", type=int, default=100, help="games (even: each opening twice)")
+    parser.add_argument("--sims", type=int, default=200, help="simulations per move of each model")
+    parser.add_argument("--opening-plies", type=int, help="random plies opening every game "
+                        "(default: eval.opening_plies)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.games < 2 or args.games % 2:
+        parser.error(f"--games must be an even number of at least 2 (each opening is played with "
+                     f"colours swapped), got {args.games}")
     config = load_command_config(parser, args)
+    opponent_config = load_command_config(parser, argparse.Namespace(config=args.config,
+                                                                     set=args.set + args.opponent_set))
+    plies = config.eval.opening_plies if args.opening_plies is None else args.opening_plies
     game = get_game(config.common.env_id)
-    rng = np.random.default_rng(args.seed)
     try:
         evaluator = asyncio.run(load_model(config, game, args.model))
-        if args.opponent == "random":
-            opponent = random_player(game, rng)
-        elif args.opponent == "one-ply":
-            opponent = one_ply_player(game, rng)
+        if is_anchor(args.opponent):
+            opponent = anchor_player(game, args.opponent, seed=args.seed)
         else:
-            other = asyncio.run(load_model(config, game, args.opponent))
-            opponent = search_player(game, other, args.sims, config.mcts)
+            other = asyncio.run(load_model(opponent_config, game, args.opponent))
+            opponent = search_player(game, other, args.sims, opponent_config.mcts)
+        records = play_games(game, search_player(game, evaluator, args.sims, config.mcts), opponent,
+                             args.games // 2, opening_plies=plies, seed=args.seed)
     except (OSError, ValueError, LookupError, ModelError) as exc:
         print(f"cartridge arena: {exc}", file=sys.stderr)
         return 2
-    score = play_match(game, search_player(game, evaluator, args.sims, config.mcts), opponent, args.games)
+    summary = match_summary(np.array([r.score_a for r in records]))
     print(f"model {args.model} (version {evaluator.version}, {args.sims} sims) vs {args.opponent}: "
-          f"{score['wins']} wins, {score['draws']} draws, {score['losses']} losses of {args.games}")
-    print(json.dumps({"model_version": evaluator.version, "opponent": args.opponent, "sims": args.sims, **score}))
+          f"{summary['wins']} wins, {summary['draws']} draws, {summary['losses']} losses of {args.games}, "
+          f"{summary['elo']:+d} Elo ({summary['elo_low']:+d} to {summary['elo_high']:+d})")
+    print(json.dumps({"model_version": evaluator.version, "opponent": args.opponent, "sims": args.sims,
+                      "games": args.games, "opening_plies": plies, **summary}))
     return 0
+
+
+def is_anchor(name: str) -> bool:
+    """A fixed opponent of the evaluator's (`random`, `one-ply`, `alphabeta-<depth>`)
+    rather than a model."""
+    return name in ("random", "one-ply") or name.startswith(ALPHABETA_PREFIX)

@@ -1,9 +1,11 @@
 """The `cartridge` commands as people and scripts use them: every command refuses a bad
-config key the same way, and `cartridge analyze` keeps its input and output format."""
+config key the same way, `cartridge analyze` keeps its input and output format, and
+`cartridge arena` plays distinct, colour-balanced games."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -12,12 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from cartridge import analyze
+from cartridge import analyze, arena
 from cartridge.cli import COMMANDS
+from services.evaluator.match import play_games
 from services.trainer.export import export_onnx
 from services.trainer.network import PolicyValueNet
+from shared.config import MCTSConfig
 from shared.games import get_game
-from shared.inference import OnnxEvaluator
+from shared.inference import OnnxEvaluator, UniformEvaluator
+from shared.players import search_player
 from shared.search.mcts import masked_softmax
 
 C4 = get_game("connect4")
@@ -123,6 +128,45 @@ def test_analyze_with_a_search(tmp_path, capsys, model_file, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(POSITIONS))
     assert run_analyze(capsys, "-", "--model", str(model_file), "--sims", "8") == lines
 
+
+
+# -- cartridge arena: colour-swapped random openings, one JSON line last ------------------------
+def run_arena(capsys, *args: str) -> dict:
+    assert arena.main([*args, "--set", "common.env_id=connect4"]) == 0
+    return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_arena_a_model_against_itself_scores_exactly_even(capsys, model_file):
+    # Both sides search without noise, so each opening's two games (colours swapped) are
+    # the same game with the roles swapped: one side's win is the other's loss.
+    result = run_arena(capsys, "--model", str(model_file), "--opponent", str(model_file), "--games", "40",
+                       "--sims", "8", "--opening-plies", "3")
+    assert result["wins"] == result["losses"] and result["wins"] + result["draws"] + result["losses"] == 40
+    assert result["score"] == 0.5 and result["elo"] == 0
+
+
+def test_arena_openings_make_the_games_differ():
+    # Two deterministic searches (here the same player twice): without openings they play
+    # one game over and over; with them one game per opening.
+    player = search_player(C4, UniformEvaluator(C4), 8, MCTSConfig())
+    assert len({r.moves for r in play_games(C4, player, player, 10, opening_plies=0)}) == 1
+    assert len({r.moves for r in play_games(C4, player, player, 10, opening_plies=3, seed=0)}) == 10
+
+
+def test_arena_search_beats_random_play(capsys):
+    result = run_arena(capsys, "--model", "uniform", "--opponent", "random", "--games", "20", "--sims", "50")
+    assert result["wins"] > 15 and result["elo"] > 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--games", "7"], "--games must be an even number of at least 2"),
+    (["--opponent-set", "mcts.no_such_key=1"], "configuration error: [mcts] has no key 'no_such_key'"),
+])
+def test_arena_refuses_bad_arguments(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        arena.main(["--model", "uniform", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 @pytest.mark.parametrize("entry", ["cartridge.cli", "services.evaluator.__main__"])
 def test_numpy_runs_one_blas_thread_unless_told_otherwise(entry):
