@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.evaluator.match import ALPHABETA_PREFIX, anchor_player, play_games
+from services.evaluator.match import anchor_player, is_anchor, play_games
 from shared.config import Config
 from shared.games import Game, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
@@ -105,9 +105,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"model_version": evaluator.version, "opponent": args.opponent, "sims": args.sims,
                       "games": args.games, "opening_plies": plies, **summary}))
     return 0
-
-
-def is_anchor(name: str) -> bool:
-    """A fixed opponent of the evaluator's (`random`, `one-ply`, `alphabeta-<depth>`)
-    rather than a model."""
-    return name in ("random", "one-ply") or name.startswith(ALPHABETA_PREFIX)

@@ -129,7 +129,6 @@ def test_analyze_with_a_search(tmp_path, capsys, model_file, monkeypatch):
     assert run_analyze(capsys, "-", "--model", str(model_file), "--sims", "8") == lines
 
 
-
 # -- cartridge arena: colour-swapped random openings, one JSON line last ------------------------
 def run_arena(capsys, *args: str) -> dict:
     assert arena.main([*args, "--set", "common.env_id=connect4"]) == 0
@@ -167,6 +166,12 @@ def test_arena_refuses_bad_arguments(capsys, args, message):
         arena.main(["--model", "uniform", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_arena_refuses_an_unknown_anchor_by_name(capsys):
+    assert arena.main(["--model", "uniform", "--opponent", "alphabeta-x", "--games", "2"]) == 2
+    assert capsys.readouterr().err.startswith("cartridge arena: unknown anchor player 'alphabeta-x'")
+
 
 @pytest.mark.parametrize("entry", ["cartridge.cli", "services.evaluator.__main__"])
 def test_numpy_runs_one_blas_thread_unless_told_otherwise(entry):

@@ -39,6 +39,12 @@ class GameRecord(msgspec.Struct, frozen=True):
     """Whether player A made the first move."""
 
 
+def is_anchor(name: str) -> bool:
+    """Whether `name` names a fixed opponent (`anchor_player`'s) rather than a model;
+    a bad alpha-beta depth counts, for `anchor_player` to refuse by name."""
+    return name in ("random", "one-ply") or name.startswith(ALPHABETA_PREFIX)
+
+
 def anchor_player(game: Game, name: str, seed: int = 0) -> Player:
     """A fixed opponent by name: `random`, `one-ply` or `alphabeta-<depth>`."""
     rng = np.random.default_rng(seed)
