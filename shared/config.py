@@ -71,8 +71,10 @@ class NetworkConfig(_Section):
 
 
 class MCTSConfig(_Section):
-    num_simulations: PositiveInt = 200
-    """Simulations (network evaluations) per move."""
+    num_simulations: PositiveInt = 100
+    """Simulations (network evaluations) per self-play move. 100 made stronger models than
+    200 in 30-minute runs (README, "Levers measured"): twice the positions, each trained
+    on about half as often. The evaluator and the web page search `eval.simulations`."""
     c_puct: PositiveFloat = 1.5
     """Exploration constant of the PUCT rule."""
     dirichlet_alpha: PositiveFloat = 1.0

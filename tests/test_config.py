@@ -17,7 +17,7 @@ def write(tmp_path, text):
 def test_defaults_match_the_repo_config():
     cfg = load_config(environ={})
     assert cfg.common.env_id == "connect4"
-    assert cfg.mcts.num_simulations == 200
+    assert cfg.mcts.num_simulations == 100
     assert cfg.mcts.temp_threshold == 15
     assert cfg.training.steps_per_iteration == 1000
     assert cfg.actor.max_episodes == -1
@@ -42,7 +42,7 @@ def test_file_then_env_then_cli(tmp_path):
 
 def test_non_config_env_vars_are_left_alone():
     cfg = load_config(environ={"CARTRIDGE_TEST_S3_URL": "http://x", "CARTRIDGE_CONFIG_DIR": "y"})
-    assert cfg.mcts.num_simulations == 200
+    assert cfg.mcts.num_simulations == 100
 
 
 @pytest.mark.parametrize("text, words", [

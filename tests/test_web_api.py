@@ -72,6 +72,8 @@ async def test_the_overview_holds_the_rows_of_the_database_the_store_and_the_hea
     assert overview["live"]["loss"][0][:2] == [300, 0.75]
     assert overview["queues"] is not None and overview["errors"] == []  # the management API answered
     assert overview["board"] == {"rows": 6, "cols": 7, "gravity": True}
+    # Play starts at the evaluator's search (4 here), not self-play's (16).
+    assert overview["default_simulations"] == config.eval.simulations == 4
 
 
 async def test_a_whole_game_through_the_api_every_model_move_legal(web):

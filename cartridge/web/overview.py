@@ -90,7 +90,8 @@ class Overview:
                 "newest": models[-1] if models else None, "served": next((r["version"] for r in ratings if r["served"]), None),
                 "live": self.live.snapshot(now), "live_source": self.live_source, "queues": queues, "errors": errors,
                 "board": board_of(self.config.common.env_id), "max_simulations": self.config.web.max_simulations,
-                "default_simulations": min(self.config.mcts.num_simulations, self.config.web.max_simulations)}
+                # Play starts at the search the accuracy figures were measured with, not self-play's cheaper one.
+                "default_simulations": min(self.config.eval.simulations, self.config.web.max_simulations)}
 
 
 async def follow_heartbeats(config: Config, live: LiveView, overview: Overview) -> None:
