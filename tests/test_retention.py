@@ -110,6 +110,37 @@ async def test_whole_partitions_are_dropped_and_duplicates_still_caught(config):
         assert await window.refresh(replay) == (0, newer.inserted_rows)
 
 
+async def test_sqlite_retention_counts_each_step_once_and_keeps_the_retention_across_id_gaps(make_config):
+    """A pass with nothing due must not walk the table (it runs every few seconds, and a
+    walk over a million rows cost the trainer most of its CPU in `cartridge up`). A game
+    stored again under a new batch id is skipped but uses up ids: the gaps must not let
+    retention keep fewer than `retain_positions` rows."""
+    config = make_config(storage={"replay_backend": "sqlite", "retain_positions": RETAIN,
+                                  "partition_positions": PART}, training={"window_size": WINDOW})
+    statements: list[str] = []
+    step_counts: list[str] = []  # the statements that counted a step's rows, values filled in
+    async with open_replay(config.storage, GAME) as replay:
+        replay._db.set_trace_callback(statements.append)
+        games = batches(0, 300, seed=5)
+        for i in range(0, len(games), 20):
+            # Each flush also carries five games already stored, under new batch ids.
+            resent = [(f"again{i}-{j}", *games[j][1:]) for j in range(max(0, i - 5), i)]
+            await replay.write(games[i:i + 20] + resent)
+            statements.clear()
+            await replay.enforce_retention()
+            step_counts += [s for s in statements if s.startswith("SELECT count(*) FROM transitions WHERE id")]
+            statements.clear()
+            assert await replay.enforce_retention() == []  # nothing new: nothing due
+            assert not [s for s in statements if "count(" in s or "OFFSET" in s], statements
+            assert await replay.count(ENV) >= min(RETAIN, sum(len(g[3]) for g in games[:i + 20]))
+        assert len(step_counts) >= 5 and len(set(step_counts)) == len(step_counts)  # each step once
+        ids = await _ids(config)
+        assert ids[-1] - ids[0] + 1 > len(ids)  # the resent games left gaps
+        dropped = await replay.dropped()
+        assert len(dropped) >= 2 and min(ids) == dropped[-1].end_id
+        assert RETAIN <= len(ids) <= RETAIN + 3 * PART
+
+
 async def test_the_ledger_forgets_only_what_is_older_than_its_horizon(make_config):
     config = make_config(storage={"ledger_retention_hours": 1.0})
     async with open_replay(config.storage, GAME) as replay:
