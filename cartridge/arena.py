@@ -59,6 +59,8 @@ async def load_model(config: Config, game: Game, which: str) -> Evaluator:
                                         threads=config.actor.onnx_threads)
     from shared.model_store import open_model_store
 
+    if which != "latest" and not which.isdecimal():  # e.g. a mistyped path
+        raise ValueError(f"no model {which!r}: expected 'latest', a version number or an existing ONNX file")
     version = None if which == "latest" else int(which)
     async with open_model_store(config.storage) as store:
         info, data = await store.get_model(game.env_id, version, max_bytes=config.storage.max_model_bytes)

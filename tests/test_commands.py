@@ -168,6 +168,13 @@ def test_arena_refuses_bad_arguments(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_arena_names_a_model_that_is_neither_a_file_nor_a_version(capsys, tmp_path):
+    missing = tmp_path / "000000010.onnx"
+    assert arena.main(["--model", str(missing), "--opponent", "random", "--games", "2"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"cartridge arena: no model '{missing}': expected 'latest', a version number or an existing ONNX file")
+
+
 def test_arena_refuses_an_unknown_anchor_by_name(capsys):
     assert arena.main(["--model", "uniform", "--opponent", "alphabeta-x", "--games", "2"]) == 2
     assert capsys.readouterr().err.startswith("cartridge arena: unknown anchor player 'alphabeta-x'")
