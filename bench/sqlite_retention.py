@@ -35,13 +35,12 @@ from shared.replay.sqlite import SqliteReplay  # noqa: E402
 from shared.transitions import Transitions  # noqa: E402
 
 GAME = get_game("connect4")
-FLUSH_ROWS = 10_000
 REPEATS = 5
 
 
 def flushes(rows: int):
-    """Flushes of ~FLUSH_ROWS rows: a few thousand random games, written again and again
-    under fresh game ids (the rows' contents do not matter here, only their size)."""
+    """Flushes of ~10k rows: 400 random games written again and again, every row under a
+    fresh game id (the rows' contents do not matter here, only their size)."""
     games = Transitions.concat(random_games("connect4", games=400, seed=0, min_plies=20))
     written, rng = 0, np.random.default_rng(0)
     while written < rows:
