@@ -111,8 +111,8 @@ async def test_whole_partitions_are_dropped_and_duplicates_still_caught(config):
 
 
 async def test_sqlite_retention_counts_each_step_once_and_keeps_the_retention_across_id_gaps(make_config):
-    """A pass with nothing due must not walk the table (it runs every few seconds, and a
-    walk over a million rows cost the trainer most of its CPU in `cartridge up`). A game
+    """A pass with nothing due must not walk the table (ingest runs it every few seconds,
+    and the walk's cost grows with `retain_positions`: bench/sqlite_retention.py). A game
     stored again under a new batch id is skipped but uses up ids: the gaps must not let
     retention keep fewer than `retain_positions` rows."""
     config = make_config(storage={"replay_backend": "sqlite", "retain_positions": RETAIN,
