@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -61,6 +62,34 @@ async def test_cycles_resume_from_the_checkpoint(make_config):
     published = [decode_event(await anext(events)) for _ in range(2)]
     assert [e.version for e in published] == [1, 2]
     assert all(isinstance(e, ModelPublished) and e.env_id == "tictactoe" for e in published)
+
+
+def keeps_subnormals() -> bool:
+    """Whether this thread computes with a subnormal float (1e-39) rather than zero."""
+    return (torch.tensor([1e-39]) * 1.0).item() != 0.0
+
+
+async def test_the_trainer_trains_and_exports_in_its_own_thread_with_subnormals_flushed(make_config):
+    # Subnormal weights made the default hour's trainer 2.5 times slower per step
+    # (bench/denormals.py); the flush is per thread, so where the work runs matters.
+    config = make_config()
+    await fill_replay(config)
+    trainer = TrainerService(config, bus=MemoryBus())
+    seen = []
+
+    def watched(fn):
+        def call(*args):
+            seen.append((fn.__name__, threading.current_thread().name, keeps_subnormals()))
+            return fn(*args)
+        return call
+
+    trainer._train = watched(trainer._train)
+    with pytest.MonkeyPatch.context() as patch:
+        import services.trainer.service as service
+        patch.setattr(service, "export_onnx", watched(service.export_onnx))
+        await asyncio.wait_for(trainer.run(cycles=1), 120)
+    assert {name for name, _, _ in seen} == {"_train", "export_onnx"}
+    assert all(thread.startswith("trainer-torch") and not kept for _, thread, kept in seen), seen
 
 
 def test_a_short_first_cycle_then_every_steps_per_iteration():

@@ -4,7 +4,7 @@ Lifecycle: connect to the replay store, model store and broker; resume from the 
 checkpoint (weights, optimizer, step, version); wait until the replay holds
 `min_transitions`; then per cycle:
   refresh the window -> steps to the cycle's end (`first_cycle_steps`, then every
-  `steps_per_iteration`; in a worker thread) -> export ONNX (of the weights' moving
+  `steps_per_iteration`; in the trainer's torch thread, `torch_thread.py`) -> export ONNX (of the weights' moving
   average with `average_decay`)
   -> upload it as the next version -> checkpoint -> publish a model-published event.
 Versions only go up: the next one is above both the checkpoint's and the store's newest,
@@ -36,6 +36,7 @@ from services.trainer.learner import Checkpoint, StepLosses, train_step
 from services.trainer.network import build_network
 from services.trainer.pace import SamplePace
 from services.trainer.schedule import learning_rate, set_learning_rate
+from services.trainer.torch_thread import TorchThread
 from services.trainer.window import ReplayWindow, Taper
 from shared.bus import BusUnavailable, EventPublisher, open_bus
 from shared.config import Config, TrainingConfig
@@ -85,6 +86,7 @@ class TrainerService:
         self.store = store or open_model_store(config.storage)
         self.replay = replay or open_replay(config.storage, self.game)
         self.device = pick_device(config.training.device)
+        self.torch = TorchThread()  # before any torch work: its threads inherit the flushed subnormals
         torch.set_num_threads(config.training.threads)
         self.model = build_network(self.game, config.network).to(self.device)
         t = config.training
@@ -126,6 +128,12 @@ class TrainerService:
     async def run(self, stop: asyncio.Event | None = None, cycles: int | None = None) -> None:
         """Train until `stop` is set, or for `cycles` cycles."""
         stop = stop or asyncio.Event()
+        try:
+            await self._run(stop, cycles)
+        finally:
+            self.torch.close()
+
+    async def _run(self, stop: asyncio.Event, cycles: int | None) -> None:
         cfg = self.config
         async with self._lifecycle, exported(self), self.bus, self.store as store, self.replay as replay:
             await self._resume(store)
@@ -204,7 +212,7 @@ class TrainerService:
                 continue
             if allowed is not None:
                 chunk = min(chunk, allowed)
-            self.last_losses = await asyncio.to_thread(self._train, chunk)
+            self.last_losses = await self.torch.run(self._train, chunk)
             log.debug("refreshed window (+%d rows), step %d", loaded.first + loaded.new, self.step)
         elapsed = time.monotonic() - start
         losses = self.last_losses
@@ -273,7 +281,7 @@ class TrainerService:
         metrics = recorder()
         started = time.monotonic()
         published = self.average.module if self.average is not None else self.model
-        onnx_bytes = await asyncio.to_thread(export_onnx, published)
+        onnx_bytes = await self.torch.run(export_onnx, published)
         exported_at = time.monotonic()
         info = await retry(lambda: self._put_model(store, self.version + 1, onnx_bytes),
                            what="storing the model", errors=StoreUnavailable, stop=stop)
@@ -287,7 +295,7 @@ class TrainerService:
             average=self.average.state_dict() if self.average is not None else None,
         )
         if (self.cycles_done + 1) % self.config.training.checkpoint_every == 0:
-            data = await asyncio.to_thread(checkpoint.to_bytes)
+            data = await self.torch.run(checkpoint.to_bytes)
             started = time.monotonic()
             await retry(lambda: store.put_checkpoint(self.game.env_id, version, data),
                         what="storing the checkpoint", errors=StoreUnavailable, stop=stop)
