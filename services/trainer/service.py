@@ -4,11 +4,13 @@ Lifecycle: connect to the replay store, model store and broker; resume from the 
 checkpoint (weights, optimizer, step, version); wait until the replay holds
 `min_transitions`; then per cycle:
   refresh the window -> steps to the cycle's end (`first_cycle_steps`, then every
-  `steps_per_iteration`; in the trainer's torch thread, `torch_thread.py`) -> export ONNX (of the weights' moving
-  average with `average_decay`)
-  -> upload it as the next version -> checkpoint -> publish a model-published event.
-Versions only go up: the next one is above both the checkpoint's and the store's newest,
-and a stored version is never overwritten.
+  `steps_per_iteration`) -> export ONNX (of the weights' moving average with
+  `average_decay`) -> upload it as the next version -> checkpoint -> publish a
+  model-published event.
+Training, export and checkpoint serialisation run in the trainer's own torch thread,
+subnormal floats flushed to zero (`torch_thread.py`). Versions only go up: the next one
+is above both the checkpoint's and the store's newest, and a stored version is never
+overwritten.
 
 With `samples_per_position` set, training is paced by the data (`pace.py`): the trainer
 waits when it has drawn its share of samples for the positions stored so far, and
