@@ -23,15 +23,13 @@ import json
 import statistics
 import sys
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.trainer.learner import Batch, train_step  # noqa: E402
+from bench.train_rate import random_batch, train_rate  # noqa: E402
 from services.trainer.network import build_network  # noqa: E402
 from services.trainer.torch_thread import TorchThread  # noqa: E402
 from shared.config import load_config  # noqa: E402
@@ -54,20 +52,8 @@ def steps_per_s(fraction: float, steps: int) -> float:
             for conv in (last_block.conv1, last_block.conv2):
                 conv.weight[torch.rand(conv.weight.shape, generator=picks) < fraction] = SUBNORMAL
     optimizer = torch.optim.Adam(net.parameters(), lr=0.0, weight_decay=config.training.weight_decay)
-    rng = np.random.default_rng(0)
-    b, a = config.training.batch_size, GAME.num_actions
-    batch = Batch(rng.integers(0, 2, (b, *GAME.obs_shape)).astype(np.float32),
-                  rng.dirichlet(np.ones(a), b).astype(np.float32), rng.uniform(-1, 1, b).astype(np.float32),
-                  np.ones(b, np.float32))
-    cpu = torch.device("cpu")
-    train_step(net, optimizer, batch, cpu)  # warm-up
-    rates = []
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        for _ in range(steps):
-            train_step(net, optimizer, batch, cpu)
-        rates.append(steps / (time.perf_counter() - started))
-    return round(statistics.median(rates), 2)
+    batch = random_batch(GAME, config.training.batch_size)
+    return round(statistics.median(train_rate(net, optimizer, batch, steps) for _ in range(ROUNDS)), 2)
 
 
 def in_plain_thread(fraction: float, steps: int) -> float:

@@ -118,34 +118,24 @@ def host_speed(config: Config, game) -> dict:
     """Training steps/s (batch `training.batch_size`) and evaluations/s (batches of 64
     through onnxruntime) of the configured network, one thread each: a yardstick that lets
     runs made on different machines be compared."""
-    import numpy as np
     import torch
 
+    from bench.train_rate import random_batch, train_rate
     from services.trainer.export import export_onnx
-    from services.trainer.learner import Batch, train_step
     from services.trainer.network import build_network
     from shared.inference import OnnxEvaluator
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
     net = build_network(game, config.network)
-    optimizer = torch.optim.Adam(net.parameters())
-    b, a = config.training.batch_size, game.num_actions
-    batch = Batch(rng.integers(0, 2, (b, *game.obs_shape)).astype(np.float32),
-                  rng.dirichlet(np.ones(a), b).astype(np.float32), rng.uniform(-1, 1, b).astype(np.float32),
-                  np.ones(b, np.float32))
-    train_step(net, optimizer, batch, torch.device("cpu"))  # warm-up
-    started, steps = time.perf_counter(), 20
-    for _ in range(steps):
-        train_step(net, optimizer, batch, torch.device("cpu"))
-    train_rate = steps / (time.perf_counter() - started)
+    batch = random_batch(game, config.training.batch_size)
+    train_steps_per_s = train_rate(net, torch.optim.Adam(net.parameters()), batch, steps=20)
     evaluator = OnnxEvaluator.from_bytes(export_onnx(net), game, version=1)
     obs = batch.observation[:64]
     evaluator(obs)
     started, calls = time.perf_counter(), 100
     for _ in range(calls):
         evaluator(obs)
-    return {"train_steps_per_s": round(train_rate, 2),
+    return {"train_steps_per_s": round(train_steps_per_s, 2),
             "evals_per_s": round(calls * len(obs) / (time.perf_counter() - started))}
 
 

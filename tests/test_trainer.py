@@ -15,6 +15,7 @@ from services.trainer.average import WeightAverage, warmed_up_decay
 from services.trainer.learner import Batch, Checkpoint, train_step
 from services.trainer.network import PolicyValueNet
 from services.trainer.schedule import learning_rate
+from services.trainer import service as trainer_service
 from services.trainer.service import TrainerService, cycle_end
 from services.trainer.window import ReplayWindow, Taper, merge_duplicates
 from shared.bus import MemoryBus
@@ -85,8 +86,7 @@ async def test_the_trainer_trains_and_exports_in_its_own_thread_with_subnormals_
 
     trainer._train = watched(trainer._train)
     with pytest.MonkeyPatch.context() as patch:
-        import services.trainer.service as service
-        patch.setattr(service, "export_onnx", watched(service.export_onnx))
+        patch.setattr(trainer_service, "export_onnx", watched(trainer_service.export_onnx))
         await asyncio.wait_for(trainer.run(cycles=1), 120)
     assert {name for name, _, _ in seen} == {"_train", "export_onnx"}
     assert all(thread.startswith("trainer-torch") and not kept for _, thread, kept in seen), seen

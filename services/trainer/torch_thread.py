@@ -28,18 +28,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def flush_denormals() -> None:
-    """Treat subnormal floats as zero in this thread and the threads it starts."""
-    if not torch.set_flush_denormal(True):
-        log.warning("this CPU cannot flush subnormal floats to zero: training slows down "
-                    "as weight decay drives unused weights towards zero")
+def flush_denormals() -> bool:
+    """Treat subnormal floats as zero in this thread and the threads it starts; False
+    where the CPU cannot."""
+    return torch.set_flush_denormal(True)
 
 
 class TorchThread:
     """One thread, subnormals flushed, that runs the trainer's torch calls in turn."""
 
     def __init__(self) -> None:
-        flush_denormals()  # on the building thread: torch's workers may start from it
+        if not flush_denormals():  # on the building thread: torch's workers may start from it
+            log.warning("this CPU cannot flush subnormal floats to zero: training slows down "
+                        "as weight decay drives unused weights towards zero")
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="trainer-torch", initializer=flush_denormals)
 
     async def run(self, fn: Callable[..., T], *args) -> T:
