@@ -161,7 +161,14 @@ class TrainingConfig(_Section):
     """With `learning_rate_decay_steps`: the final learning rate, as a fraction of
     `learning_rate`."""
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
-    """L2 penalty on the weights."""
+    """L2 penalty on the weights (with `decoupled_weight_decay`, the shrink per step per
+    unit of learning rate)."""
+    decoupled_weight_decay: bool = False
+    """Shrink the weights directly, by `learning_rate * weight_decay` of themselves every
+    step (AdamW), instead of adding the L2 penalty's gradient, which Adam scales up for the
+    weights whose own gradient is small: coupled, the penalty drives the weights of channels
+    that stop learning to zero at about the learning rate per step. Decoupled decay wants a
+    larger `weight_decay` (AdamW's usual 0.01 shrinks by 1e-5 a step at the default rate)."""
     average_decay: Annotated[float, Meta(ge=0, lt=1)] = 0.0
     """Publish an exponential moving average of the weights instead of the newest ones
     (KataGo publishes averages too): after every step the average moves `1 - decay` of the

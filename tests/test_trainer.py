@@ -124,7 +124,8 @@ async def test_a_resumed_trainer_trains_on_with_the_configs_rate_and_decay_not_t
     await asyncio.wait_for(TrainerService(config, bus=MemoryBus()).run(cycles=1), 120)
 
     changed = make_config(training={"learning_rate": 0.02, "learning_rate_decay_steps": 20,
-                                    "learning_rate_floor": 0.5, "weight_decay": 0.003})
+                                    "learning_rate_floor": 0.5, "weight_decay": 0.003,
+                                    "decoupled_weight_decay": True})
     resumed = TrainerService(changed, bus=MemoryBus())
     await asyncio.wait_for(resumed.run(cycles=1), 120)
     assert resumed.step == 10
@@ -133,6 +134,7 @@ async def test_a_resumed_trainer_trains_on_with_the_configs_rate_and_decay_not_t
     assert group["lr"] == pytest.approx(learning_rate(9, changed.training))
     assert 0.01 < group["lr"] < 0.02
     assert group["weight_decay"] == 0.003
+    assert group["decoupled_weight_decay"] is True
 
 
 async def test_a_version_stored_after_the_checkpoint_is_never_reused(make_config):

@@ -92,7 +92,8 @@ class TrainerService:
         torch.set_num_threads(config.training.threads)
         self.model = build_network(self.game, config.network).to(self.device)
         t = config.training
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+                                          decoupled_weight_decay=t.decoupled_weight_decay)
         # What is published: the weights' moving average, or the weights themselves.
         self.average = WeightAverage(self.model, t.average_decay) if t.average_decay else None
         self.window = ReplayWindow(self.game, t.window_size,
@@ -172,6 +173,7 @@ class TrainerService:
             # or learning rate applies at once (the rate is set again before every step).
             for group in self.optimizer.param_groups:
                 group["weight_decay"] = self.config.training.weight_decay
+                group["decoupled_weight_decay"] = self.config.training.decoupled_weight_decay
             set_learning_rate(self.optimizer, learning_rate(self.step, self.config.training))
             # A checkpoint from before averaging was switched on has none: the average's
             # first update then starts from the resumed weights.
