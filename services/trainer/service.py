@@ -77,6 +77,12 @@ def cycle_end(step: int, t: TrainingConfig) -> int:
     return first + ((step - first) // t.steps_per_iteration + 1) * t.steps_per_iteration
 
 
+def optimizer_settings(t: TrainingConfig) -> dict:
+    """The optimizer's settings that the config decides, also over a resumed checkpoint's
+    (the learning rate follows its schedule, set before every step)."""
+    return {"weight_decay": t.weight_decay, "decoupled_weight_decay": t.decoupled_weight_decay}
+
+
 class TrainerService:
     def __init__(self, config: Config, *, bus: EventPublisher | None = None, store: ModelStore | None = None,
                  replay: Replay | None = None):
@@ -92,8 +98,7 @@ class TrainerService:
         torch.set_num_threads(config.training.threads)
         self.model = build_network(self.game, config.network).to(self.device)
         t = config.training
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
-                                          decoupled_weight_decay=t.decoupled_weight_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, **optimizer_settings(t))
         # What is published: the weights' moving average, or the weights themselves.
         self.average = WeightAverage(self.model, t.average_decay) if t.average_decay else None
         self.window = ReplayWindow(self.game, t.window_size,
@@ -172,8 +177,7 @@ class TrainerService:
             # The config, not the checkpoint, says how to train on: a changed weight decay
             # or learning rate applies at once (the rate is set again before every step).
             for group in self.optimizer.param_groups:
-                group["weight_decay"] = self.config.training.weight_decay
-                group["decoupled_weight_decay"] = self.config.training.decoupled_weight_decay
+                group.update(optimizer_settings(self.config.training))
             set_learning_rate(self.optimizer, learning_rate(self.step, self.config.training))
             # A checkpoint from before averaging was switched on has none: the average's
             # first update then starts from the resumed weights.
