@@ -108,6 +108,16 @@ async def rate_newest(config: Config) -> int:
     return newest
 
 
+def first_seen(curve: list[dict]) -> dict[int, float]:
+    """Minute each version was first served, from the trainer's progress lines: known for
+    every version, also those the evaluator skipped (their rating rows have no time)."""
+    seen: dict[int, float] = {}
+    for r in curve:
+        seen.setdefault(r.get("version", 0), r["minutes"])
+    seen.pop(0, None)
+    return seen
+
+
 def at(curve: list[dict], minutes: float) -> dict:
     """The curve row last seen at `minutes` (positions and steps stored by then)."""
     seen = [r for r in curve if r["minutes"] <= minutes]
@@ -215,9 +225,9 @@ def main() -> None:
     newest = asyncio.run(rate_newest(config))
     rows = asyncio.run(rating_rows(config))
     print(format_table(rows))
-    versions = []
+    versions, served = [], first_seen(curve)
     for r in rows:
-        minutes = (r["published_at"] - started) / 60 if r["published_at"] else None
+        minutes = (r["published_at"] - started) / 60 if r["published_at"] else served.get(r["version"])
         stored = at(curve, minutes) if minutes is not None else {}
         versions.append({"version": r["version"], "minutes": round(minutes, 1) if minutes else None,
                          "positions": stored.get("positions"), "steps": r["step"], "rating": r["rating"],
@@ -228,7 +238,8 @@ def main() -> None:
     minutes, scored = args.minutes, newest
     if args.at is not None:
         minutes = args.at
-        published = [v["version"] for v in versions if v["minutes"] is not None and v["minutes"] <= minutes]
+        published = [v for v, seen in served.items() if seen <= minutes]
+        published += [v["version"] for v in versions if v["minutes"] is not None and v["minutes"] <= minutes]
         if not published:
             sys.exit(f"learning: no model was published by minute {minutes:g} of {run_dir}")
         scored = max(published)
