@@ -113,7 +113,7 @@ def first_seen(curve: list[dict]) -> dict[int, float]:
     every version, also those the evaluator skipped (their rating rows have no time)."""
     seen: dict[int, float] = {}
     for r in curve:
-        seen.setdefault(r.get("version", 0), r["minutes"])
+        seen.setdefault(r["version"], r["minutes"])
     seen.pop(0, None)
     return seen
 
@@ -225,9 +225,12 @@ def main() -> None:
     newest = asyncio.run(rate_newest(config))
     rows = asyncio.run(rating_rows(config))
     print(format_table(rows))
-    versions, served = [], first_seen(curve)
+    # Minute each version was published: the rated ones' own time, else when the trainer first served it.
+    published = first_seen(curve) | {r["version"]: (r["published_at"] - started) / 60
+                                     for r in rows if r["published_at"]}
+    versions = []
     for r in rows:
-        minutes = (r["published_at"] - started) / 60 if r["published_at"] else served.get(r["version"])
+        minutes = published.get(r["version"])
         stored = at(curve, minutes) if minutes is not None else {}
         versions.append({"version": r["version"], "minutes": round(minutes, 1) if minutes else None,
                          "positions": stored.get("positions"), "steps": r["step"], "rating": r["rating"],
@@ -238,11 +241,10 @@ def main() -> None:
     minutes, scored = args.minutes, newest
     if args.at is not None:
         minutes = args.at
-        published = [v for v, seen in served.items() if seen <= minutes]
-        published += [v["version"] for v in versions if v["minutes"] is not None and v["minutes"] <= minutes]
-        if not published:
+        by_then = [v for v, m in published.items() if m <= minutes]
+        if not by_then:
             sys.exit(f"learning: no model was published by minute {minutes:g} of {run_dir}")
-        scored = max(published)
+        scored = max(by_then)
         print(f"learning: scoring model {scored}, the newest published by minute {minutes:g}")
     every = {"positions": 1 << 30}  # all labelled positions, for the final figures
     evaluator = asyncio.run(load_model(config, game, str(scored) if scored else "latest"))
