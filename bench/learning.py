@@ -17,13 +17,19 @@ optimal miss is a slower win or a faster loss), `rating` and `rating_error` (the
 model's, Elo above random), `rating_gain` (newest minus first rated version, with the error
 of the difference), `positions`, `steps`, `versions`, `minutes`, `model` (the
 newest ONNX file: score it on a position set of your own with `cartridge analyze`),
-`run_dir` and `host` (this machine's speed, measured just before the run: training steps/s
-and network evaluations/s of the default network, one thread each; runs on different
-hosts differ by it as much as by most levers).
+`run_dir`, `host` (this machine's speed, measured just before the run: training steps/s
+and network evaluations/s of the configured network, one thread each; runs on different
+hosts differ by it as much as by most levers) and `vs_reference`: the scored model's
+Elo, with one standard error either side, in 200 games (50 simulations, the same 100
+four-ply openings each time) against a fixed model committed with the benchmark
+(`bench/reference/<env_id>.onnx`, see its README): unlike the rating (± about 240, mostly
+the anchor ladder's), it is known to about ± 25 and means the same on every host and in
+every session, so hours measured apart can be set side by side.
 
     .venv/bin/python bench/learning.py [--minutes 60] [--actors 2] [--set section.key=value ...]
     .venv/bin/python bench/learning.py --rescore --dir runs/learning-...   # score a finished run again
     .venv/bin/python bench/learning.py --rescore --at 30 --dir runs/learning-...   # its model of minute 30
+    .venv/bin/python bench/learning.py --rescore --reference none --dir ...   # no reference match
 """
 
 from __future__ import annotations
@@ -40,23 +46,30 @@ import time
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cartridge.arena import load_model  # noqa: E402
+from cartridge.arena import load_model, match_summary  # noqa: E402
 from cartridge.ratings import format_table, rating_rows  # noqa: E402
 from cartridge.up import EMBEDDED  # noqa: E402
+from services.evaluator.match import play_games  # noqa: E402
 from services.evaluator.measure import measure  # noqa: E402
 from services.evaluator.service import EvaluatorService, fit, stored_records, version_name  # noqa: E402
 from shared.bus import MemoryBus  # noqa: E402
 from shared.evaluations import open_evaluations  # noqa: E402
 from shared.config import Config, load_config, parse_overrides  # noqa: E402
-from shared.games import get_game  # noqa: E402
+from shared.games import Game, get_game  # noqa: E402
+from shared.inference import Evaluator, OnnxEvaluator  # noqa: E402
 from shared.model_store import open_model_store  # noqa: E402
 from shared.model_store.base import model_key  # noqa: E402
+from shared.players import search_player  # noqa: E402
 
 STAGES = ("early", "mid", "late")
+REFERENCES = ROOT / "bench" / "reference"
+# The reference match: as `cartridge arena --games 200 --sims 50 --opening-plies 4`.
+REFERENCE_GAMES, REFERENCE_SIMS, REFERENCE_PLIES = 200, 50, 4
 PROGRESS = re.compile(r"replay (\d+) positions \| step (\d+), .*\| model v(\d+) \|")
 RATED = re.compile(r"v(\d+) rated (-?\d+) ± (\d+), optimal (\S+)/(\S+)/(\S+) %")
 
@@ -124,7 +137,7 @@ def at(curve: list[dict], minutes: float) -> dict:
     return seen[-1] if seen else {"positions": 0, "steps": 0}
 
 
-def host_speed(config: Config, game) -> dict:
+def host_speed(config: Config, game: Game) -> dict:
     """Training steps/s (batch `training.batch_size`) and evaluations/s (batches of 64
     through onnxruntime) of the configured network, one thread each: a yardstick that lets
     runs made on different machines be compared."""
@@ -149,13 +162,38 @@ def host_speed(config: Config, game) -> dict:
             "evals_per_s": round(calls * len(obs) / (time.perf_counter() - started))}
 
 
+def versus_reference(game: Game, evaluator: Evaluator, config: Config, reference: Path,
+                     games: int = REFERENCE_GAMES) -> dict:
+    """`evaluator` (searching with `config`'s `[mcts]`) against the reference model
+    (searching with the default `[mcts]`): its Elo and the range one standard error of
+    the score either side gives."""
+    other = OnnxEvaluator.from_bytes(reference.read_bytes(), game, version=0)
+    defaults = load_config(defaults=EMBEDDED)
+    records = play_games(game, search_player(game, evaluator, REFERENCE_SIMS, config.mcts),
+                         search_player(game, other, REFERENCE_SIMS, defaults.mcts), games // 2,
+                         opening_plies=REFERENCE_PLIES)
+    return {"reference": reference.name, "games": games, "sims": REFERENCE_SIMS,
+            **match_summary(np.array([r.score_a for r in records]))}
+
+
+def reference_path(choice: str | None, env_id: str) -> Path | None:
+    """`--reference`: a file, `none`, or (unset) the committed reference for the game if
+    there is one."""
+    if choice == "none":
+        return None
+    path = Path(choice).resolve() if choice else REFERENCES / f"{env_id}.onnx"
+    if choice and not path.is_file():
+        sys.exit(f"learning: no reference model {path} (an ONNX file, or 'none')")
+    return path if path.is_file() else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict], dict]:
+def run(run_dir: Path, args: argparse.Namespace, config: Config, game: Game) -> tuple[float, list[dict], dict]:
     """`cartridge up --minutes N` in `run_dir`, followed; its start time, curve and the
     host's speed."""
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -164,8 +202,7 @@ def run(run_dir: Path, args: argparse.Namespace) -> tuple[float, list[dict], dic
     sets = [x for s in args.set for x in ("--set", s)]
     print(f"learning: {args.minutes:g} minutes of cartridge up in {run_dir}", flush=True)
 
-    config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
-    host = host_speed(config, get_game(config.common.env_id))
+    host = host_speed(config, game)
     print(f"learning: this host trains {host['train_steps_per_s']} steps/s and evaluates "
           f"{host['evals_per_s']} positions/s (one thread each)", flush=True)
     started = time.time()
@@ -210,7 +247,12 @@ def main() -> None:
     parser.add_argument("--at", type=float, metavar="MINUTES",
                         help="score the newest model published by this minute of the run instead of the run's "
                              "newest (with --rescore: an hour's run gives its 30-minute figures too)")
+    parser.add_argument("--reference", metavar="ONNX|none",
+                        help="model the scored one plays 200 games against (default: bench/reference/<env_id>.onnx)")
     args = parser.parse_args()
+    config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
+    game = get_game(config.common.env_id)
+    reference = reference_path(args.reference, game.env_id)  # a wrong path fails now, not after the hour
     if args.rescore:
         if not args.dir:
             sys.exit("learning: --rescore needs --dir (the run to score)")
@@ -218,10 +260,8 @@ def main() -> None:
         started, curve, args.minutes, host = recorded(run_dir)
     else:
         run_dir = Path(args.dir or f"runs/learning-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        started, curve, host = run(run_dir, args)
+        started, curve, host = run(run_dir, args, config, game)
     os.chdir(run_dir)  # the embedded back ends' paths are relative to the run directory
-    config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
-    game = get_game(config.common.env_id)
     newest = asyncio.run(rate_newest(config))
     rows = asyncio.run(rating_rows(config))
     print(format_table(rows))
@@ -252,6 +292,9 @@ def main() -> None:
     last = next((v for v in reversed(versions) if v["version"] == scored), {})
     end = at(curve, minutes if args.at is not None else float("inf"))  # the run's last row unless --at
     model = run_dir / config.storage.local_model_dir / model_key(game.env_id, scored) if scored else None
+    if reference:
+        print(f"learning: model {scored} plays {REFERENCE_GAMES} games against {reference}", flush=True)
+    vs_reference = versus_reference(game, evaluator, config, reference) if reference else None
     print(json.dumps({
         "minutes": minutes, "optimal_pct": accuracy.optimal_pct("search"),
         "policy_optimal_pct": accuracy.optimal_pct("policy"), "keeps_pct": accuracy.keeps_pct("search"),
@@ -259,6 +302,7 @@ def main() -> None:
         "rating_error": last.get("rating_error"), "rating_gain": asyncio.run(gain_over_run(config, scored)),
         "positions": end["positions"], "steps": end["steps"],
         "versions": scored, "model": str(model) if model else None, "run_dir": str(run_dir), "host": host,
+        "vs_reference": vs_reference,
     }))
 
 
