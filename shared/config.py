@@ -65,8 +65,9 @@ class CommonConfig(_Section):
 
 class NetworkConfig(_Section):
     blocks: PositiveInt = 4
-    """Residual blocks in the policy-value tower. 6 was more accurate over an hour but lost
-    head to head to 4, with a quarter fewer training steps (README, "Learning speed")."""
+    """Residual blocks in the policy-value tower. 6 had the best search accuracy of any hour
+    (one run) but lost head to head to 4, with a quarter fewer training steps (README,
+    "Learning speed")."""
     channels: PositiveInt = 64
     """Convolution channels in every block."""
 
