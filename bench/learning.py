@@ -46,15 +46,13 @@ import time
 from pathlib import Path
 
 import msgspec
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cartridge.arena import load_model, match_summary  # noqa: E402
+from cartridge.arena import load_model, play_match  # noqa: E402
 from cartridge.ratings import format_table, rating_rows  # noqa: E402
 from cartridge.up import EMBEDDED  # noqa: E402
-from services.evaluator.match import play_games  # noqa: E402
 from services.evaluator.measure import measure  # noqa: E402
 from services.evaluator.service import EvaluatorService, fit, stored_records, version_name  # noqa: E402
 from shared.bus import MemoryBus  # noqa: E402
@@ -169,11 +167,9 @@ def versus_reference(game: Game, evaluator: Evaluator, config: Config, reference
     the score either side gives."""
     other = OnnxEvaluator.from_bytes(reference.read_bytes(), game, version=0)
     defaults = load_config(defaults=EMBEDDED)
-    records = play_games(game, search_player(game, evaluator, REFERENCE_SIMS, config.mcts),
-                         search_player(game, other, REFERENCE_SIMS, defaults.mcts), games // 2,
-                         opening_plies=REFERENCE_PLIES)
-    return {"reference": reference.name, "games": games, "sims": REFERENCE_SIMS,
-            **match_summary(np.array([r.score_a for r in records]))}
+    summary = play_match(game, search_player(game, evaluator, REFERENCE_SIMS, config.mcts),
+                         search_player(game, other, REFERENCE_SIMS, defaults.mcts), games, REFERENCE_PLIES)
+    return {"reference": reference.name, "games": games, "sims": REFERENCE_SIMS, **summary}
 
 
 def reference_path(choice: str | None, env_id: str) -> Path | None:
@@ -181,10 +177,13 @@ def reference_path(choice: str | None, env_id: str) -> Path | None:
     there is one."""
     if choice == "none":
         return None
-    path = Path(choice).resolve() if choice else REFERENCES / f"{env_id}.onnx"
-    if choice and not path.is_file():
+    if not choice:
+        committed = REFERENCES / f"{env_id}.onnx"
+        return committed if committed.is_file() else None
+    path = Path(choice).resolve()
+    if not path.is_file():
         sys.exit(f"learning: no reference model {path} (an ONNX file, or 'none')")
-    return path if path.is_file() else None
+    return path
 
 
 def free_port() -> int:
@@ -292,9 +291,10 @@ def main() -> None:
     last = next((v for v in reversed(versions) if v["version"] == scored), {})
     end = at(curve, minutes if args.at is not None else float("inf"))  # the run's last row unless --at
     model = run_dir / config.storage.local_model_dir / model_key(game.env_id, scored) if scored else None
+    vs_reference = None
     if reference:
         print(f"learning: model {scored} plays {REFERENCE_GAMES} games against {reference}", flush=True)
-    vs_reference = versus_reference(game, evaluator, config, reference) if reference else None
+        vs_reference = versus_reference(game, evaluator, config, reference)
     print(json.dumps({
         "minutes": minutes, "optimal_pct": accuracy.optimal_pct("search"),
         "policy_optimal_pct": accuracy.optimal_pct("policy"), "keeps_pct": accuracy.keeps_pct("search"),

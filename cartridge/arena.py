@@ -30,7 +30,7 @@ from services.evaluator.match import anchor_player, is_anchor, play_games
 from shared.config import Config
 from shared.games import Game, get_game
 from shared.inference import Evaluator, ModelError, OnnxEvaluator, UniformEvaluator
-from shared.players import search_player
+from shared.players import Player, search_player
 from shared.service import base_parser, load_command_config
 
 
@@ -48,6 +48,13 @@ def match_summary(scores: np.ndarray) -> dict:
     return {"wins": int((scores == 1).sum()), "draws": int((scores == 0.5).sum()),
             "losses": int((scores == 0).sum()), "score": round(mean, 4), "elo": round(elo(mean)),
             "elo_low": round(elo(mean - error)), "elo_high": round(elo(mean + error))}
+
+
+def play_match(game: Game, model: Player, opponent: Player, games: int, opening_plies: int, seed: int = 0) -> dict:
+    """`games` games of `model` against `opponent` (each opening twice, colours swapped),
+    summed up from `model`'s side."""
+    records = play_games(game, model, opponent, games // 2, opening_plies=opening_plies, seed=seed)
+    return match_summary(np.array([r.score_a for r in records]))
 
 
 async def load_model(config: Config, game: Game, which: str) -> Evaluator:
@@ -95,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             other = asyncio.run(load_model(opponent_config, game, args.opponent))
             opponent = search_player(game, other, args.sims, opponent_config.mcts)
-        records = play_games(game, search_player(game, evaluator, args.sims, config.mcts), opponent,
-                             args.games // 2, opening_plies=plies, seed=args.seed)
+        summary = play_match(game, search_player(game, evaluator, args.sims, config.mcts), opponent, args.games,
+                             opening_plies=plies, seed=args.seed)
     except (OSError, ValueError, LookupError, ModelError) as exc:
         print(f"cartridge arena: {exc}", file=sys.stderr)
         return 2
-    summary = match_summary(np.array([r.score_a for r in records]))
     print(f"model {args.model} (version {evaluator.version}, {args.sims} sims) vs {args.opponent}: "
           f"{summary['wins']} wins, {summary['draws']} draws, {summary['losses']} losses of {args.games}, "
           f"{summary['elo']:+d} Elo ({summary['elo_low']:+d} to {summary['elo_high']:+d})")
