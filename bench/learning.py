@@ -59,7 +59,7 @@ from shared.bus import MemoryBus  # noqa: E402
 from shared.evaluations import open_evaluations  # noqa: E402
 from shared.config import Config, load_config, parse_overrides  # noqa: E402
 from shared.games import Game, get_game  # noqa: E402
-from shared.inference import Evaluator, OnnxEvaluator  # noqa: E402
+from shared.inference import Evaluator, ModelError, OnnxEvaluator  # noqa: E402
 from shared.model_store import open_model_store  # noqa: E402
 from shared.model_store.base import model_key  # noqa: E402
 from shared.players import search_player  # noqa: E402
@@ -165,11 +165,19 @@ def versus_reference(game: Game, evaluator: Evaluator, config: Config, reference
     """`evaluator` (searching with `config`'s `[mcts]`) against the reference model
     (searching with the default `[mcts]`): its Elo and the range one standard error of
     the score either side gives."""
-    other = OnnxEvaluator.from_bytes(reference.read_bytes(), game, version=0)
+    other = load_reference(reference, game)
     defaults = load_config(defaults=EMBEDDED)
     summary = play_match(game, search_player(game, evaluator, REFERENCE_SIMS, config.mcts),
                          search_player(game, other, REFERENCE_SIMS, defaults.mcts), games, REFERENCE_PLIES)
     return {"reference": reference.name, "games": games, "sims": REFERENCE_SIMS, **summary}
+
+
+def load_reference(path: Path, game: Game) -> OnnxEvaluator:
+    """The reference model; a file that is no model for `game` ends the benchmark with its name."""
+    try:
+        return OnnxEvaluator.from_bytes(path.read_bytes(), game, version=0)
+    except ModelError as exc:
+        sys.exit(f"learning: reference model {path}: {exc}")
 
 
 def reference_path(choice: str | None, env_id: str) -> Path | None:
@@ -251,7 +259,9 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(defaults=EMBEDDED, overrides=parse_overrides(args.set))
     game = get_game(config.common.env_id)
-    reference = reference_path(args.reference, game.env_id)  # a wrong path fails now, not after the hour
+    reference = reference_path(args.reference, game.env_id)
+    if reference:
+        load_reference(reference, game)  # a wrong path or a file that is no model fails now, not after the hour
     if args.rescore:
         if not args.dir:
             sys.exit("learning: --rescore needs --dir (the run to score)")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.learning import REFERENCES, first_seen, reference_path, versus_reference
+from bench.learning import REFERENCES, first_seen, load_reference, reference_path, versus_reference
 from cartridge.up import EMBEDDED
 from services.trainer.export import export_onnx
 from services.trainer.network import build_network
@@ -29,6 +29,14 @@ def test_the_reference_is_chosen_by_game_and_can_be_turned_off(tmp_path: Path) -
     assert reference_path("none", "connect4") is None
     with pytest.raises(SystemExit, match="no reference model"):
         reference_path(str(tmp_path / "missing.onnx"), "connect4")
+
+
+def test_a_reference_that_is_no_model_is_named(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx model")
+    with pytest.raises(SystemExit, match="reference model .*corrupt.onnx"):
+        load_reference(corrupt, get_game("connect4"))
+    assert load_reference(REFERENCES / "connect4.onnx", get_game("connect4")).version == 0
 
 
 def test_an_untrained_network_loses_to_the_reference() -> None:
