@@ -76,7 +76,8 @@ class MCTSConfig(_Section):
     num_simulations: PositiveInt = 100
     """Simulations (network evaluations) per self-play move. 100 made stronger models than
     200 in 30-minute runs (README, "Levers measured"): twice the positions, each trained
-    on about half as often. The evaluator and the web page search `eval.simulations`."""
+    on about half as often. 50 was level with 100 at 30 minutes and over an hour (no gain
+    shown). The evaluator and the web page search `eval.simulations`."""
     c_puct: PositiveFloat = 1.5
     """Exploration constant of the PUCT rule."""
     dirichlet_alpha: PositiveFloat = 1.0
@@ -154,7 +155,9 @@ class TrainingConfig(_Section):
     batch_size: PositiveInt = 256
     """Positions per optimizer step."""
     learning_rate: PositiveFloat = 1e-3
-    """Adam learning rate (the schedule's start with `learning_rate_decay_steps`)."""
+    """Adam learning rate (the schedule's start with `learning_rate_decay_steps`). 0.002
+    learned faster in the first half hour, no gain shown over the hour (README, "Learning
+    speed")."""
     learning_rate_decay_steps: NonNegInt = 0
     """Steps over which the learning rate falls along a half cosine from `learning_rate`
     to `learning_rate * learning_rate_floor`, staying there afterwards. The schedule is a
